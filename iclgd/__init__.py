@@ -1,0 +1,26 @@
+"""iclgd: transformers learn in context by gradient descent, executable and checkable.
+
+Public API (see DESIGN.md): tasks, the LSA model, backends, the GD construction and baselines.
+Importing iclgd imports NumPy only; optional engines load when their backend is asked for.
+"""
+from iclgd import baselines
+from iclgd.backends import available_backends, get_backend
+from iclgd.construct import gd_construction, with_initial_guess
+from iclgd.models import LSAConfig, init_params, param_shapes, zero_params
+from iclgd.tasks import Batch, LinearRegressionTask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "LSAConfig",
+    "LinearRegressionTask",
+    "available_backends",
+    "baselines",
+    "gd_construction",
+    "get_backend",
+    "init_params",
+    "param_shapes",
+    "with_initial_guess",
+    "zero_params",
+]

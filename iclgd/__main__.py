@@ -1,0 +1,5 @@
+import sys
+
+from iclgd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""Backends: the same API computed by different engines.
+
+``get_backend("numpy")`` is the hand-written oracle; ``"numba"`` and ``"jax"`` are fast paths
+held to it.  Optional engines are imported only when asked for.
+"""
+from __future__ import annotations
+
+import importlib
+
+# name -> (module, class, the pip extra that installs its engine, the engine's import name)
+_REGISTRY = {
+    "numpy": ("iclgd.backends.numpy_backend", "NumpyBackend", None, None),
+}
+
+
+def available_backends() -> list[str]:
+    """Names that get_backend knows (installed or not)."""
+    return list(_REGISTRY)
+
+
+def get_backend(name: str):
+    """Return the backend called ``name``.
+
+    Raises ValueError for an unknown name and ImportError, naming the pip extra, when the
+    backend's engine is not installed.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; expected one of {available_backends()}")
+    module_name, class_name, extra, engine = _REGISTRY[name]
+    if engine is not None:
+        try:
+            importlib.import_module(engine)
+        except ImportError as error:
+            raise ImportError(
+                f"backend {name!r} needs {engine}, which is not installed; "
+                f"install it with: pip install 'iclgd[{extra}]'"
+            ) from error
+    return getattr(importlib.import_module(module_name), class_name)()

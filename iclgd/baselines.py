@@ -1,0 +1,142 @@
+r"""Learning algorithms computed directly on each context, to compare trained models with.
+
+All functions take tokens in the constructed format, (B, N + 1, d + 1): context rows
+(x_i, y_i), then the query row (x_q, .) whose y-slot is ignored.  They compute in float64.
+
+Gradient descent on the context loss ``L(W) = 1/(2N) sum_i (W x_i - y_i)^2`` from ``W_0``:
+
+    W_{t+1} = W_t - (eta / N) sum_i (W_t x_i - y_i) x_i^T,     prediction  W_K x_q.
+
+One-step optimum (the task family of iclgd.tasks, no distractors): with per-coordinate
+moments ``s2 = E x^2 = a^2 / 3`` and ``m4 = E x^4 = a^4 / 5``, prior ``w ~ N(0, sw^2 I)``
+and label noise ``sigma^2``, the expected squared error of one GD step from W_0 = 0 is
+
+    MSE(eta) = A eta^2 - 2 B eta + C,
+    A = (d / N) s2 (sw^2 (m4 + (N + d - 2) s2^2) + sigma^2 s2),   B = sw^2 d s2^2,   C = sw^2 d s2 + sigma^2,
+
+so ``eta* = B / A`` and ``MSE* = C - B^2 / A``.  (E tr(Sigma_hat^2) = (d/N)(m4 + (N+d-2) s2^2)
+for the empirical covariance of N inputs does the work.)  For sigma = 0, sw = 1 this is
+DESIGN.md's ``eta* = N s2 / (m4 + (N + d - 2) s2^2)``; d = N = 10, a = 1 gives eta* = 50/33
+and half-MSE* = 0.8249.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iclgd._checks import finite_array, finite_float, nonnegative_int, positive_int
+from iclgd.tasks import resolve_x_scale
+
+
+def split_tokens(tokens: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, N + 1, d + 1) tokens -> context inputs X (B, N, d), labels y (B, N), query x_q (B, d),
+    all float64.  Raises ValueError on a wrong shape or non-finite values."""
+    tokens = finite_array("tokens", tokens, ndim=3)
+    if tokens.shape[0] < 1 or tokens.shape[1] < 2 or tokens.shape[2] < 2:
+        raise ValueError(f"tokens must have shape (B, N + 1, d + 1) with B, N, d >= 1; got {tokens.shape}")
+    tokens = tokens.astype(np.float64, copy=False)
+    return tokens[:, :-1, :-1], tokens[:, :-1, -1], tokens[:, -1, :-1]
+
+
+def _initial_weights(w0: object, batch_size: int, d: int) -> np.ndarray:
+    """W_0 as a (B, d) float64 array: zeros for None, a (d,) vector shared by all tasks, or (B, d)."""
+    if w0 is None:
+        return np.zeros((batch_size, d))
+    w0 = finite_array("w0", w0).astype(np.float64)
+    if w0.shape == (d,):
+        return np.broadcast_to(w0, (batch_size, d)).copy()
+    if w0.shape == (batch_size, d):
+        return w0.copy()
+    raise ValueError(f"w0 must have shape (d,) = ({d},) or (B, d) = ({batch_size}, {d}); got {w0.shape}")
+
+
+def gd_weights(tokens: object, eta: float, steps: int = 1, w0: object = None) -> np.ndarray:
+    """The weights W_K (B, d) after ``steps`` GD steps with rate ``eta`` on each context."""
+    x, y, _ = split_tokens(tokens)
+    eta = finite_float("eta", eta)
+    steps = nonnegative_int("steps", steps)
+    n_context = x.shape[1]
+    w = _initial_weights(w0, x.shape[0], x.shape[2])
+    for _ in range(steps):
+        residual = np.einsum("bnd,bd->bn", x, w) - y  # W x_i - y_i
+        w = w - (eta / n_context) * np.einsum("bn,bnd->bd", residual, x)
+    return w
+
+
+def gd_predict(tokens: object, eta: float, steps: int = 1, w0: object = None) -> np.ndarray:
+    """Prediction W_K x_q (B,) of ``steps`` GD steps from ``w0`` (default 0) on each context."""
+    _, _, x_query = split_tokens(tokens)
+    return np.einsum("bd,bd->b", gd_weights(tokens, eta, steps, w0), x_query)
+
+
+def ridge_weights(tokens: object, ridge: float) -> np.ndarray:
+    r"""Per-task ridge solution ``argmin_w sum_i (w . x_i - y_i)^2 + ridge ||w||^2``, (B, d).
+
+    Computed from the SVD X = U diag(s) V^T as w = V diag(s / (s^2 + ridge)) U^T y, which is
+    stable where the normal equations are not (N = d, nearly singular X).  With ridge = 0,
+    singular values below ``max(N, d) * eps * s_max`` are dropped: the minimum-norm least-squares
+    solution.  The Bayes posterior mean for w ~ N(0, sw^2 I) and noise sigma^2 is ridge =
+    sigma^2 / sw^2.
+    """
+    x, y, _ = split_tokens(tokens)
+    ridge = finite_float("ridge", ridge, nonnegative=True)
+    u, s, vt = np.linalg.svd(x, full_matrices=False)  # (B, N, r), (B, r), (B, r, d)
+    if ridge > 0:
+        gain = s / (s**2 + ridge)
+    else:
+        cutoff = max(x.shape[1], x.shape[2]) * np.finfo(np.float64).eps * s[:, :1]
+        keep = s > cutoff
+        gain = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+    coefficients = gain * np.einsum("bnr,bn->br", u, y)
+    return np.einsum("brd,br->bd", vt, coefficients)
+
+
+def ridge_predict(tokens: object, ridge: float) -> np.ndarray:
+    """Ridge regression's prediction w . x_q, (B,)."""
+    _, _, x_query = split_tokens(tokens)
+    return np.einsum("bd,bd->b", ridge_weights(tokens, ridge), x_query)
+
+
+def least_squares_predict(tokens: object) -> np.ndarray:
+    """Minimum-norm least squares on each context, (B,) (ridge -> 0)."""
+    return ridge_predict(tokens, 0.0)
+
+
+@dataclass(frozen=True)
+class OneStepOptimum:
+    """The best single GD step from W_0 = 0: its rate, its MSE and half-MSE (see module doc)."""
+
+    eta: float
+    mse: float
+
+    @property
+    def half_mse(self) -> float:
+        return 0.5 * self.mse
+
+
+def one_step_optimum(
+    d: int, n_context: int, x_scale: float | str = 1.0, w_scale: float = 1.0, noise_std: float = 0.0
+) -> OneStepOptimum:
+    """Closed-form optimal rate and loss of one GD step for the task family (module doc)."""
+    d, n = positive_int("d", d), positive_int("n_context", n_context)
+    a = resolve_x_scale(x_scale)
+    sw2 = finite_float("w_scale", w_scale, nonnegative=True) ** 2
+    sigma2 = finite_float("noise_std", noise_std, nonnegative=True) ** 2
+    s2, m4 = a**2 / 3.0, a**4 / 5.0
+    curvature = (d / n) * s2 * (sw2 * (m4 + (n + d - 2) * s2**2) + sigma2 * s2)
+    slope = sw2 * d * s2**2
+    offset = sw2 * d * s2 + sigma2
+    if curvature == 0:  # w_scale = 0 and noise 0: every prediction is exact at eta = 0
+        return OneStepOptimum(eta=0.0, mse=offset)
+    return OneStepOptimum(eta=slope / curvature, mse=offset - slope**2 / curvature)
+
+
+def optimal_eta(d: int, n_context: int, x_scale: float | str = 1.0, w_scale: float = 1.0, noise_std: float = 0.0) -> float:
+    """eta* of one GD step (d = N = 10, a = 1: 50/33)."""
+    return one_step_optimum(d, n_context, x_scale, w_scale, noise_std).eta
+
+
+def optimal_loss(d: int, n_context: int, x_scale: float | str = 1.0, w_scale: float = 1.0, noise_std: float = 0.0) -> float:
+    """The half-MSE at eta* (d = N = 10, a = 1: 0.8249)."""
+    return one_step_optimum(d, n_context, x_scale, w_scale, noise_std).half_mse

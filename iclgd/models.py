@@ -1,0 +1,155 @@
+r"""The linear self-attention (LSA) model: configuration, parameter names and shapes, init.
+
+A layer acts on tokens ``E`` of shape (B, T, D), ``T = N + 1``, ``D = d + 1`` (row vectors).
+With ``C`` the tokens that are attended to (the N context tokens; all T tokens when
+``include_query``), and for each head h:
+
+    Q_h = E W_q[h]   (B, T, k)      K_h = C W_k[h]   (B, N_k, k)      V_h = C W_v[h]   (B, N_k, v)
+    E  <-  E + sum_h (Q_h K_h^T) V_h W_o[h]                          (no softmax, no 1/N)
+
+``sum_h (...) W_o[h]`` is ``concat_h(A_h V_h) W_o`` with ``W_o`` cut into per-head blocks.
+The prediction is read out with a sign flip: ``yhat = -E_out[:, query, d]``.
+
+Parameters live in a flat dict, the same names in every backend:
+
+    "layer{l}.w_q" (H, D, k)   "layer{l}.w_k" (H, D, k)   "layer{l}.w_v" (H, D, v)   "layer{l}.w_o" (H, v, D)
+
+for l = 0 .. n_layers - 1; a tied (recurrent) model has one set, "shared.w_q", ..., used by
+every layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iclgd._checks import finite_array, finite_float, float_dtype, positive_int
+from iclgd.tasks import as_generator
+
+WEIGHT_NAMES = ("w_q", "w_k", "w_v", "w_o")
+
+
+@dataclass(frozen=True)
+class LSAConfig:
+    """Shape of a linear self-attention model.
+
+    d:             input dimension (tokens have d + 1 entries)
+    n_layers:      number of layers K
+    n_heads:       heads per layer H
+    key_size:      k, columns of W_q and W_k per head (default d + 1)
+    value_size:    v, columns of W_v per head (default key_size)
+    tied:          one set of weights shared by all layers (the recurrent variant)
+    include_query: the query token is also a key/value (off in the paper's construction)
+    n_context:     N, if known: then token batches must have N context tokens, and the
+                   GD construction (whose output weight is eta / N) can be built from cfg alone
+    dtype:         "float64" (default) or "float32", the precision backends compute in
+    """
+
+    d: int
+    n_layers: int = 1
+    n_heads: int = 1
+    key_size: int | None = None
+    value_size: int | None = None
+    tied: bool = False
+    include_query: bool = False
+    n_context: int | None = None
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "d", positive_int("d", self.d))
+        set_(self, "n_layers", positive_int("n_layers", self.n_layers))
+        set_(self, "n_heads", positive_int("n_heads", self.n_heads))
+        key_size = self.d + 1 if self.key_size is None else positive_int("key_size", self.key_size)
+        set_(self, "key_size", key_size)
+        value_size = key_size if self.value_size is None else positive_int("value_size", self.value_size)
+        set_(self, "value_size", value_size)
+        for flag in ("tied", "include_query"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False; got {getattr(self, flag)!r}")
+        if self.n_context is not None:
+            set_(self, "n_context", positive_int("n_context", self.n_context))
+        set_(self, "dtype", float_dtype("dtype", self.dtype).name)
+
+    @property
+    def token_size(self) -> int:
+        """D = d + 1."""
+        return self.d + 1
+
+
+def layer_prefixes(cfg: LSAConfig) -> list[str]:
+    """The parameter-name prefix used by each layer, in order (repeated when tied)."""
+    if cfg.tied:
+        return ["shared"] * cfg.n_layers
+    return [f"layer{layer}" for layer in range(cfg.n_layers)]
+
+
+def param_shapes(cfg: LSAConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in a fixed order."""
+    h, dim, k, v = cfg.n_heads, cfg.token_size, cfg.key_size, cfg.value_size
+    shapes = {"w_q": (h, dim, k), "w_k": (h, dim, k), "w_v": (h, dim, v), "w_o": (h, v, dim)}
+    return {f"{prefix}.{name}": shapes[name] for prefix in dict.fromkeys(layer_prefixes(cfg)) for name in WEIGHT_NAMES}
+
+
+def init_params(cfg: LSAConfig, seed: int | np.random.Generator = 0, scale: float = 0.002) -> dict[str, np.ndarray]:
+    """Small variance-scaled Gaussian init: every entry ``~ N(0, scale / fan_in)``, with
+    fan_in = D for W_q, W_k, W_v and H * v for W_o (scale 0.002 as in the paper).
+    Returned in ``cfg.dtype``."""
+    rng = as_generator(seed)
+    scale = finite_float("scale", scale, nonnegative=True)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        fan_in = cfg.n_heads * cfg.value_size if name.endswith("w_o") else cfg.token_size
+        params[name] = (np.sqrt(scale / fan_in) * rng.standard_normal(shape)).astype(cfg.dtype)
+    return params
+
+
+def zero_params(cfg: LSAConfig) -> dict[str, np.ndarray]:
+    """All-zero parameters (the model then returns yhat = -(query y-slot) = 0)."""
+    return {name: np.zeros(shape, dtype=cfg.dtype) for name, shape in param_shapes(cfg).items()}
+
+
+def check_params(cfg: LSAConfig, params: object) -> dict[str, np.ndarray]:
+    """Raise ValueError unless ``params`` has exactly the names and shapes of ``param_shapes(cfg)``
+    and only finite values; return it as a dict of arrays in ``cfg.dtype``."""
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict name -> array; got {type(params).__name__}")
+    expected = param_shapes(cfg)
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"params do not match the config (n_layers={cfg.n_layers}, tied={cfg.tied}): "
+            f"missing {missing}, unexpected {unexpected}; expected names {list(expected)}"
+        )
+    checked = {}
+    for name, shape in expected.items():
+        array = finite_array(f"params[{name!r}]", params[name])
+        if array.shape != shape:
+            raise ValueError(
+                f"params[{name!r}] must have shape {shape} (n_heads={cfg.n_heads}, D={cfg.token_size}, "
+                f"key_size={cfg.key_size}, value_size={cfg.value_size}); got {array.shape}"
+            )
+        checked[name] = array.astype(cfg.dtype, copy=False)
+    return checked
+
+
+def check_tokens(cfg: LSAConfig, tokens: object) -> np.ndarray:
+    """Raise ValueError unless ``tokens`` is a finite (B, N + 1, d + 1) array with N >= 1
+    (and N = cfg.n_context when that is set); return it in ``cfg.dtype``."""
+    tokens = finite_array("tokens", tokens, ndim=3)
+    n_context = cfg.n_context if cfg.n_context is not None else "N"
+    expected = f"(B, {n_context} + 1, d + 1 = {cfg.token_size})"
+    if tokens.shape[2] != cfg.token_size or tokens.shape[1] < 2 or tokens.shape[0] < 1:
+        raise ValueError(f"tokens must have shape {expected} with B >= 1, N >= 1; got {tokens.shape}")
+    if cfg.n_context is not None and tokens.shape[1] != cfg.n_context + 1:
+        raise ValueError(f"tokens must have shape {expected}; got {tokens.shape}")
+    return tokens.astype(cfg.dtype, copy=False)
+
+
+def check_targets(cfg: LSAConfig, targets: object, batch_size: int) -> np.ndarray:
+    """Raise ValueError unless ``targets`` is a finite (B,) array; return it in ``cfg.dtype``."""
+    targets = finite_array("targets", targets, ndim=1)
+    if targets.shape[0] != batch_size:
+        raise ValueError(f"targets must have shape (B,) = ({batch_size},); got {targets.shape}")
+    return targets.astype(cfg.dtype, copy=False)
