@@ -47,7 +47,7 @@ def finite_float(name: str, value: object, *, positive: bool = False, nonnegativ
 def float_dtype(name: str, value: object) -> np.dtype:
     """Return the NumPy dtype for "float32" / "float64" (or the dtype objects), else raise."""
     try:
-        dtype = np.dtype(value)
+        dtype = None if value is None else np.dtype(value)  # np.dtype(None) would be float64
     except TypeError:
         dtype = None
     if dtype is None or dtype.name not in FLOAT_DTYPES:

@@ -65,8 +65,9 @@ class LSAConfig:
         value_size = key_size if self.value_size is None else positive_int("value_size", self.value_size)
         set_(self, "value_size", value_size)
         for flag in ("tied", "include_query"):
-            if not isinstance(getattr(self, flag), bool):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise ValueError(f"{flag} must be True or False; got {getattr(self, flag)!r}")
+            set_(self, flag, bool(getattr(self, flag)))
         if self.n_context is not None:
             set_(self, "n_context", positive_int("n_context", self.n_context))
         set_(self, "dtype", float_dtype("dtype", self.dtype).name)
@@ -130,7 +131,7 @@ def check_params(cfg: LSAConfig, params: object) -> dict[str, np.ndarray]:
                 f"params[{name!r}] must have shape {shape} (n_heads={cfg.n_heads}, D={cfg.token_size}, "
                 f"key_size={cfg.key_size}, value_size={cfg.value_size}); got {array.shape}"
             )
-        checked[name] = array.astype(cfg.dtype, copy=False)
+        checked[name] = _cast_finite(f"params[{name!r}]", array, cfg.dtype)
     return checked
 
 
@@ -144,7 +145,21 @@ def check_tokens(cfg: LSAConfig, tokens: object) -> np.ndarray:
         raise ValueError(f"tokens must have shape {expected} with B >= 1, N >= 1; got {tokens.shape}")
     if cfg.n_context is not None and tokens.shape[1] != cfg.n_context + 1:
         raise ValueError(f"tokens must have shape {expected}; got {tokens.shape}")
-    return tokens.astype(cfg.dtype, copy=False)
+    return _cast_finite("tokens", tokens, cfg.dtype)
+
+
+def _cast_finite(name: str, array: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast to dtype; raise if finite float64 values overflow it (e.g. 1e300 -> float32 inf)."""
+    cast = array.astype(dtype, copy=False)
+    if cast is not array and not np.isfinite(cast).all():
+        raise ValueError(f"{name} overflow {dtype}: largest magnitude given is {np.max(np.abs(array)):.3g}")
+    return cast
+
+
+def check_batch(batch: object) -> None:
+    """Raise ValueError unless ``batch`` has .tokens and .targets (an iclgd.Batch)."""
+    if not (hasattr(batch, "tokens") and hasattr(batch, "targets")):
+        raise ValueError(f"batch must be an iclgd.Batch (with .tokens and .targets); got {type(batch).__name__}")
 
 
 def check_targets(cfg: LSAConfig, targets: object, batch_size: int) -> np.ndarray:
@@ -152,4 +167,4 @@ def check_targets(cfg: LSAConfig, targets: object, batch_size: int) -> np.ndarra
     targets = finite_array("targets", targets, ndim=1)
     if targets.shape[0] != batch_size:
         raise ValueError(f"targets must have shape (B,) = ({batch_size},); got {targets.shape}")
-    return targets.astype(cfg.dtype, copy=False)
+    return _cast_finite("targets", targets, cfg.dtype)

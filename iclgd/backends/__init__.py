@@ -24,7 +24,7 @@ def get_backend(name: str):
     Raises ValueError for an unknown name and ImportError, naming the pip extra, when the
     backend's engine is not installed.
     """
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; expected one of {available_backends()}")
     module_name, class_name, extra, engine = _REGISTRY[name]
     if engine is not None:

@@ -16,6 +16,9 @@ Backward, given G = dL/dE' (B, T, D):
     dW_o = sum_{b,t} Z^T G     dW_q = sum_{b,t} E^T dQ     dW_k = sum_{b,n} C^T dK     dW_v = sum_{b,n} C^T dV
     dE = G + sum_h dQ W_q^T,   and on the attended rows also  + sum_h (dK W_k^T + dV W_v^T)
 
+The last layer is read at the query row only, so predict / loss / gradients compute that
+layer's output for the query row alone (``forward`` returns every row of every layer).
+
 Read-out and loss: yhat = -E_K[:, N, d];  L = 0.5 mean_b (yhat_b - y_b)^2, so
 dL/dE_K[:, N, d] = -(yhat - y) / B and zero elsewhere.
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iclgd.models import LSAConfig, check_params, check_targets, check_tokens, layer_prefixes
+from iclgd.models import LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
 from iclgd.tasks import Batch
 
 
@@ -34,29 +37,38 @@ class _LayerCache:
     """What one layer's backward needs from its forward."""
 
     tokens: np.ndarray  # E (B, T, D), the layer's input
+    rows: slice  # the rows of E whose output was computed (all, or only the query)
     attended: np.ndarray  # C (B, N_k, D)
-    q: np.ndarray  # (B, H, T, k)
+    q: np.ndarray  # (B, H, R, k) for the R computed rows
     k: np.ndarray  # (B, H, N_k, k)
     v: np.ndarray  # (B, H, N_k, v)
-    scores: np.ndarray  # S (B, H, T, N_k)
-    mixed: np.ndarray  # Z (B, H, T, v)
+    scores: np.ndarray  # S (B, H, R, N_k)
+    mixed: np.ndarray  # Z (B, H, R, v)
+
+
+ALL_ROWS = slice(None)
+QUERY_ROW = slice(-1, None)
 
 
 def _layer_weights(params: dict, prefix: str) -> tuple[np.ndarray, ...]:
     return tuple(params[f"{prefix}.{name}"] for name in ("w_q", "w_k", "w_v", "w_o"))
 
 
-def _layer_forward(tokens: np.ndarray, weights: tuple, include_query: bool) -> tuple[np.ndarray, _LayerCache]:
+def _layer_forward(tokens: np.ndarray, weights: tuple, include_query: bool, rows: slice) -> tuple[np.ndarray, _LayerCache]:
+    """One layer's output rows ``E[:, rows] + sum_h S_h V_h W_o[h]``, (B, R, D).
+
+    Only the rows asked for are computed: the last layer's output is read at the query row
+    alone, so there ``rows = QUERY_ROW`` saves a factor N + 1 in Q, S and Z."""
     w_q, w_k, w_v, w_o = weights
     n_context = tokens.shape[1] - 1
     attended = tokens if include_query else tokens[:, :n_context]
-    q = tokens[:, None] @ w_q  # (B, 1, T, D) @ (H, D, k) -> (B, H, T, k)
+    q = tokens[:, None, rows] @ w_q  # (B, 1, R, D) @ (H, D, k) -> (B, H, R, k)
     k = attended[:, None] @ w_k
     v = attended[:, None] @ w_v
     scores = q @ k.swapaxes(-1, -2)
     mixed = scores @ v
     update = np.einsum("bhtv,hvd->btd", mixed, w_o)
-    return tokens + update, _LayerCache(tokens, attended, q, k, v, scores, mixed)
+    return tokens[:, rows] + update, _LayerCache(tokens, rows, attended, q, k, v, scores, mixed)
 
 
 def _tensordot_heads(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -65,44 +77,53 @@ def _tensordot_heads(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def _layer_backward(
-    grad_out: np.ndarray, cache: _LayerCache, weights: tuple, want_weight_grads: bool
-) -> tuple[np.ndarray, tuple | None]:
+    grad_out: np.ndarray, cache: _LayerCache, weights: tuple, want_input_grad: bool, want_weight_grads: bool
+) -> tuple[np.ndarray | None, tuple | None]:
+    """grad_out = dL/d(output rows), (B, R, D) -> (dL/dE (B, T, D) or None, weight grads or None)."""
     w_q, w_k, w_v, w_o = weights
-    d_mixed = grad_out[:, None] @ w_o.swapaxes(-1, -2)  # (B, H, T, v)
-    d_scores = d_mixed @ cache.v.swapaxes(-1, -2)  # (B, H, T, N_k)
+    d_mixed = grad_out[:, None] @ w_o.swapaxes(-1, -2)  # (B, H, R, v)
+    d_scores = d_mixed @ cache.v.swapaxes(-1, -2)  # (B, H, R, N_k)
     d_v = cache.scores.swapaxes(-1, -2) @ d_mixed  # (B, H, N_k, v)
-    d_q = d_scores @ cache.k  # (B, H, T, k)
+    d_q = d_scores @ cache.k  # (B, H, R, k)
     d_k = d_scores.swapaxes(-1, -2) @ cache.q  # (B, H, N_k, k)
-    grad_in = grad_out + (d_q @ w_q.swapaxes(-1, -2)).sum(axis=1)
-    n_attended = cache.attended.shape[1]
-    grad_in[:, :n_attended] += (d_k @ w_k.swapaxes(-1, -2) + d_v @ w_v.swapaxes(-1, -2)).sum(axis=1)
+    grad_in = None
+    if want_input_grad:
+        grad_in = np.zeros_like(cache.tokens)
+        grad_in[:, cache.rows] = grad_out + (d_q @ w_q.swapaxes(-1, -2)).sum(axis=1)
+        n_attended = cache.attended.shape[1]
+        grad_in[:, :n_attended] += (d_k @ w_k.swapaxes(-1, -2) + d_v @ w_v.swapaxes(-1, -2)).sum(axis=1)
     if not want_weight_grads:
         return grad_in, None
-    # dW_o[h] = sum_{b,t} Z[b,h,t,:]^T G[b,t,:]
+    # dW_o[h] = sum_{b,r} Z[b,h,r,:]^T G[b,r,:]
     d_w_o = np.tensordot(cache.mixed, grad_out, axes=([0, 2], [0, 1]))
-    d_w_q = _tensordot_heads(cache.tokens, d_q)
+    d_w_q = _tensordot_heads(cache.tokens[:, cache.rows], d_q)
     d_w_k = _tensordot_heads(cache.attended, d_k)
     d_w_v = _tensordot_heads(cache.attended, d_v)
     return grad_in, (d_w_q, d_w_k, d_w_v, d_w_o)
 
 
-def _forward(cfg: LSAConfig, params: dict, tokens: np.ndarray) -> tuple[list[np.ndarray], list[_LayerCache]]:
+def _forward(cfg: LSAConfig, params: dict, tokens: np.ndarray, last_rows: slice) -> tuple[list[np.ndarray], list[_LayerCache]]:
+    """[E_0, ..., E_K] and the caches; the last layer computes only ``last_rows``."""
     states, caches = [tokens], []
-    for prefix in layer_prefixes(cfg):
-        out, cache = _layer_forward(states[-1], _layer_weights(params, prefix), cfg.include_query)
+    prefixes = layer_prefixes(cfg)
+    for layer, prefix in enumerate(prefixes):
+        rows = last_rows if layer == len(prefixes) - 1 else ALL_ROWS
+        out, cache = _layer_forward(states[-1], _layer_weights(params, prefix), cfg.include_query, rows)
         states.append(out)
         caches.append(cache)
     return states, caches
 
 
-def _backward(cfg: LSAConfig, params: dict, caches: list[_LayerCache], grad_out: np.ndarray, want_weight_grads: bool):
-    """Backpropagate dL/dE_K through all layers; return (dL/dE_0, grads or None)."""
+def _backward(cfg: LSAConfig, params: dict, caches: list[_LayerCache], grad_out: np.ndarray, want_input_grad: bool, want_weight_grads: bool):
+    """Backpropagate dL/d(last layer's output rows) through all layers; return (dL/dE_0 or None, grads or None)."""
     grads = {name: np.zeros_like(value) for name, value in params.items()} if want_weight_grads else None
     grad = grad_out
     prefixes = layer_prefixes(cfg)
     for layer in reversed(range(cfg.n_layers)):
         prefix = prefixes[layer]
-        grad, weight_grads = _layer_backward(grad, caches[layer], _layer_weights(params, prefix), want_weight_grads)
+        grad, weight_grads = _layer_backward(
+            grad, caches[layer], _layer_weights(params, prefix), want_input_grad or layer > 0, want_weight_grads
+        )
         if want_weight_grads:
             for name, value in zip(("w_q", "w_k", "w_v", "w_o"), weight_grads):
                 grads[f"{prefix}.{name}"] += value  # tied layers add up their gradients
@@ -123,35 +144,38 @@ class NumpyBackend:
     def forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
         """Every layer's tokens: [E_0 = tokens, E_1, ..., E_K], each (B, N + 1, d + 1)."""
         params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
-        return _forward(cfg, params, tokens)[0]
+        return _forward(cfg, params, tokens, ALL_ROWS)[0]
 
     def predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         """yhat = -E_K[:, N, d], (B,)."""
-        return _read_out(self.forward(cfg, params, tokens)[-1])
+        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
+        return _read_out(_forward(cfg, params, tokens, QUERY_ROW)[0][-1])
 
     def loss(self, cfg: LSAConfig, params: dict, batch: Batch) -> float:
         """Half-MSE 0.5 * mean_b (yhat_b - y_b)^2."""
+        check_batch(batch)
         yhat = self.predict(cfg, params, batch.tokens)
         targets = check_targets(cfg, batch.targets, yhat.shape[0])
         return float(0.5 * np.mean((yhat - targets) ** 2))
 
     def loss_and_grad(self, cfg: LSAConfig, params: dict, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
         """The half-MSE and its gradient with respect to every parameter (a dict like params)."""
+        check_batch(batch)
         params, tokens = check_params(cfg, params), check_tokens(cfg, batch.tokens)
         targets = check_targets(cfg, batch.targets, tokens.shape[0])
-        states, caches = _forward(cfg, params, tokens)
+        states, caches = _forward(cfg, params, tokens, QUERY_ROW)
         residual = _read_out(states[-1]) - targets
         grad_out = np.zeros_like(states[-1])
         grad_out[:, -1, -1] = -residual / residual.shape[0]
-        _, grads = _backward(cfg, params, caches, grad_out, want_weight_grads=True)
+        _, grads = _backward(cfg, params, caches, grad_out, want_input_grad=False, want_weight_grads=True)
         return float(0.5 * np.mean(residual**2)), grads
 
     def sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         """d yhat_b / d x_q,b for every task, (B, d): one backward pass seeded with
         d yhat / d E_K[:, N, d] = -1 (tasks are independent, so no batch sum mixes them)."""
         params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
-        states, caches = _forward(cfg, params, tokens)
+        states, caches = _forward(cfg, params, tokens, QUERY_ROW)
         grad_out = np.zeros_like(states[-1])
         grad_out[:, -1, -1] = -1.0
-        grad_in, _ = _backward(cfg, params, caches, grad_out, want_weight_grads=False)
+        grad_in, _ = _backward(cfg, params, caches, grad_out, want_input_grad=True, want_weight_grads=False)
         return grad_in[:, -1, :-1]

@@ -1,0 +1,217 @@
+"""The training loop: fresh tasks every step, clipped Adam, resumable run directories.
+
+``train(run_dir, config)`` talks to the model only through the backend API
+(``loss_and_grad``), so every backend trains with the same loop.  The data stream is one
+PCG64 generator seeded with ``train.seed``; model init uses an independent stream spawned from
+the same seed.  A checkpoint holds params, Adam's moments and count, the data generator's state
+and the step, so a resumed run continues bit-for-bit.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from iclgd import runio
+from iclgd._checks import finite_float, nonnegative_int, positive_int
+from iclgd.backends import available_backends, get_backend
+from iclgd.models import init_params
+from iclgd.optim import SCHEDULES, AdamConfig, AdamState, adam_update
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; the run directory keeps its last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. lr 1e-3 and batch 2048 are the paper's settings for < 3 layers
+    (it used 5e-4 for deeper models). clip_norm = 0 turns clipping off."""
+
+    steps: int = 5000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    backend: str = "numpy"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 10.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    init_scale: float = 0.002
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            set_(self, name, positive_int(name, getattr(self, name)))
+        for name in ("seed", "warmup_steps"):
+            set_(self, name, nonnegative_int(name, getattr(self, name)))
+        set_(self, "lr", finite_float("lr", self.lr, positive=True))
+        for name in ("beta1", "beta2"):
+            value = finite_float(name, getattr(self, name))
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {value}")
+            set_(self, name, value)
+        set_(self, "eps", finite_float("eps", self.eps, positive=True))
+        set_(self, "clip_norm", finite_float("clip_norm", self.clip_norm, nonnegative=True))
+        set_(self, "init_scale", finite_float("init_scale", self.init_scale, nonnegative=True))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {self.schedule!r}")
+        if self.backend not in available_backends():
+            raise ValueError(f"backend must be one of {available_backends()}; got {self.backend!r}")
+
+    def adam(self) -> AdamConfig:
+        return AdamConfig(
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            clip_norm=self.clip_norm or None,
+            schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.steps,
+        )
+
+
+@dataclass
+class TrainState:
+    step: int
+    params: dict[str, np.ndarray]
+    adam: AdamState
+    rng: np.random.Generator
+
+
+def data_and_init_seeds(seed: int) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+    """Two independent streams from one seed: (task data, model init)."""
+    data, init = np.random.SeedSequence(seed).spawn(2)
+    return data, init
+
+
+def initial_state(config) -> TrainState:
+    data_seed, init_seed = data_and_init_seeds(config.train.seed)
+    params = init_params(config.model, np.random.default_rng(init_seed), scale=config.train.init_scale)
+    return TrainState(0, params, AdamState.zeros_like(params), np.random.default_rng(data_seed))
+
+
+def save_checkpoint(run_dir: Path, state: TrainState) -> Path:
+    arrays = {f"params/{k}": v for k, v in state.params.items()}
+    arrays |= {f"adam_m/{k}": v for k, v in state.adam.m.items()}
+    arrays |= {f"adam_v/{k}": v for k, v in state.adam.v.items()}
+    arrays["adam_count"] = np.array(state.adam.count)
+    arrays["step"] = np.array(state.step)
+    arrays["rng_state"] = np.array(json.dumps(state.rng.bit_generator.state))
+    path = runio.checkpoint_path(run_dir, state.step)
+    runio.save_npz(path, arrays)
+    return path
+
+
+def load_checkpoint(path: Path, dtype: str) -> TrainState:
+    data = runio.load_npz(path)
+
+    def group(prefix):
+        return {k[len(prefix) :]: v.astype(dtype, copy=False) for k, v in data.items() if k.startswith(prefix)}
+
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(str(data["rng_state"]))
+    adam = AdamState(group("adam_m/"), group("adam_v/"), int(data["adam_count"]))
+    return TrainState(int(data["step"]), group("params/"), adam, rng)
+
+
+def latest_state(run_dir: Path, dtype: str) -> TrainState | None:
+    """The newest checkpoint that loads (a damaged file, which atomic writes should prevent, is skipped)."""
+    for _, path in reversed(runio.list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(path, dtype)
+        except Exception:  # noqa: BLE001 - any unreadable file: fall back to an older one
+            continue
+    return None
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most 10 times a second; silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.last_draw, self.start = total, enabled, 0.0, time.perf_counter()
+
+    def update(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last_draw < 0.1 and step < self.total):
+            return
+        self.last_draw = now
+        width = 30
+        filled = int(width * step / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] step {step}/{self.total} loss {loss:.4f} ({now - self.start:.0f}s)")
+        if step >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def prepare_run_dir(run_dir: Path, config) -> None:
+    """Create DIR with config.toml, or check that an existing DIR was made by the same config."""
+    from iclgd.config import load_run_config, run_config_to_toml
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    if config_path.exists():
+        existing = load_run_config(config_path)
+        if existing != config:
+            raise ValueError(
+                f"{run_dir} holds a run with a different configuration ({config_path}); "
+                "resume it with the same config or choose another output directory"
+            )
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runio.atomic_write_text(config_path, run_config_to_toml(config))
+
+
+def train(run_dir: str | Path, config, *, quiet: bool = True, backend=None) -> TrainState:
+    """Train ``config.model`` on ``config.task`` as ``config.train`` says, writing to ``run_dir``.
+
+    Resumes from the newest checkpoint if ``run_dir`` holds one (same config required);
+    returns the final state.  Raises TrainingDiverged on a NaN/inf loss.
+    """
+    run_dir = Path(run_dir)
+    backend = backend or get_backend(config.train.backend)
+    prepare_run_dir(run_dir, config)
+    state = latest_state(run_dir, config.model.dtype)
+    metrics_path = run_dir / "metrics.jsonl"
+    elapsed_before = 0.0
+    if state is None:
+        state = initial_state(config)
+        save_checkpoint(run_dir, state)
+        runio.atomic_write_text(metrics_path, "")
+    else:  # keep the metrics up to the checkpoint; later lines are redone
+        kept = [r for r in runio.read_jsonl(metrics_path) if r.get("step", 0) <= state.step]
+        runio.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        elapsed_before = kept[-1]["wall_time"] if kept else 0.0
+
+    train_cfg, adam_cfg = config.train, config.train.adam()
+    progress = Progress(train_cfg.steps, enabled=not quiet and sys.stderr.isatty())
+    start = time.perf_counter()
+    while state.step < train_cfg.steps:
+        batch = config.task.sample(train_cfg.batch_size, state.rng)
+        loss, grads = backend.loss_and_grad(config.model, state.params, batch)
+        lr = adam_cfg.learning_rate(state.adam.count)
+        params, adam, grad_norm = adam_update(adam_cfg, state.params, grads, state.adam)
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            last = runio.list_checkpoints(run_dir)[-1][1]
+            raise TrainingDiverged(
+                f"training stopped at step {state.step}: the loss is {loss} and the gradient norm {grad_norm} "
+                f"(non-finite); the last good checkpoint is {last}. Try a smaller lr or clip_norm."
+            )
+        if state.step % train_cfg.log_every == 0:
+            record = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+            record["wall_time"] = elapsed_before + time.perf_counter() - start
+            runio.append_jsonl(metrics_path, record)
+        state = TrainState(state.step + 1, params, adam, state.rng)
+        progress.update(state.step, loss)
+        if state.step % train_cfg.checkpoint_every == 0 or state.step == train_cfg.steps:
+            save_checkpoint(run_dir, state)
+    return state
