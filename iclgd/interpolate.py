@@ -10,6 +10,11 @@ Per head, an LSA layer depends on its weights only through the products
 returns them as a model with key_size = value_size = D:  W_q = W_QK, W_k = I, W_v = W_OV,
 W_o = I.  The paper's "interpolated" model (trained and constructed weights averaged) is
 alpha = 0.5.
+
+One symmetry survives in the products: (s W_QK, W_OV / s) is the same model for any s != 0.
+Before blending, model b's pair is moved along it to the s that best fits model a's W_QK
+(s = <W_QK_a, W_QK_b> / ||W_QK_b||^2, per layer and head; s = 1 if that is 0), so that two
+models computing the same function blend into that function again.
 """
 from __future__ import annotations
 
@@ -45,6 +50,10 @@ def interpolate(cfg: LSAConfig, params_a: dict, params_b: dict, alpha: float) ->
     params = {}
     for prefix in a:
         (qk_a, ov_a), (qk_b, ov_b) = a[prefix], b[prefix]
+        overlap = np.einsum("hij,hij->h", qk_a, qk_b)
+        norm = np.einsum("hij,hij->h", qk_b, qk_b)
+        scale = np.where(overlap != 0, overlap / np.where(norm > 0, norm, 1.0), 1.0)[:, None, None]
+        qk_b, ov_b = qk_b * scale, ov_b / scale
         params[f"{prefix}.w_q"] = (1 - alpha) * qk_a + alpha * qk_b
         params[f"{prefix}.w_k"] = eye.copy()
         params[f"{prefix}.w_v"] = (1 - alpha) * ov_a + alpha * ov_b

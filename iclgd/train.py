@@ -187,8 +187,8 @@ def train(run_dir: str | Path, config, *, quiet: bool = True, backend=None) -> T
         state = initial_state(config)
         save_checkpoint(run_dir, state)
         runio.atomic_write_text(metrics_path, "")
-    else:  # keep the metrics up to the checkpoint; later lines are redone
-        kept = [r for r in runio.read_jsonl(metrics_path) if r.get("step", 0) <= state.step]
+    else:  # keep the metrics logged before the checkpoint (steps < its step); later lines are redone
+        kept = [r for r in runio.read_jsonl(metrics_path) if r.get("step", 0) < state.step]
         runio.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         elapsed_before = kept[-1]["wall_time"] if kept else 0.0
 

@@ -1,0 +1,224 @@
+"""The training loop: Adam, schedules, checkpoints that resume bit-for-bit, divergence handling."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import iclgd
+from iclgd import runio
+from iclgd.config import RunConfig, load_run_config, run_config_from_dict
+from iclgd.optim import AdamConfig, AdamState, adam_update, global_norm
+from iclgd.train import TrainConfig, TrainingDiverged, load_checkpoint, train
+
+SMALL = {"task": {"d": 3, "n_context": 5}, "model": {"n_layers": 2, "n_heads": 2}}
+
+
+def small_config(**train) -> RunConfig:
+    return run_config_from_dict({**SMALL, "train": {"steps": 40, "batch_size": 64, "checkpoint_every": 10, "log_every": 5, **train}})
+
+
+def assert_same_state(a, b):
+    assert a.step == b.step and a.adam.count == b.adam.count
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+        np.testing.assert_array_equal(a.adam.m[name], b.adam.m[name])
+        np.testing.assert_array_equal(a.adam.v[name], b.adam.v[name])
+    assert a.rng.bit_generator.state == b.rng.bit_generator.state
+
+
+# --- the optimiser ---------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.floats(1e-4, 1e-1), st.sampled_from([0.0, 0.05, 1.0]))
+def test_adam_step_follows_the_bias_corrected_update_rule(seed, lr, clip):
+    rng = np.random.default_rng(seed)
+    params = {"a": rng.standard_normal((2, 3)), "b": rng.standard_normal(4)}
+    config = AdamConfig(lr=lr, clip_norm=clip or None)
+    state = AdamState.zeros_like(params)
+    for _ in range(3):
+        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+        norm = global_norm(grads)
+        scale = min(1.0, clip / norm) if clip else 1.0
+        new_params, new_state, reported = adam_update(config, params, grads, state)
+        t = state.count + 1
+        for k in params:
+            g = grads[k] * scale
+            m = 0.9 * state.m[k] + 0.1 * g
+            v = 0.999 * state.v[k] + 0.001 * g**2
+            expected = params[k] - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+            np.testing.assert_allclose(new_params[k], expected, rtol=1e-12, atol=1e-15)
+        assert reported == pytest.approx(norm)
+        params, state = new_params, new_state
+
+
+def test_adam_with_clipping_equals_optax():
+    optax = pytest.importorskip("optax", reason="optax is in the jax extra")
+    jnp = pytest.importorskip("jax.numpy")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(0)
+    params = {"a": rng.standard_normal((3, 2)), "b": rng.standard_normal(5)}
+    config = AdamConfig(lr=0.01, clip_norm=0.5)
+    reference = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.01, b1=0.9, b2=0.999, eps=1e-8))
+    opt_state = reference.init({k: jnp.asarray(v) for k, v in params.items()})
+    ours, state = dict(params), AdamState.zeros_like(params)
+    theirs = {k: jnp.asarray(v) for k, v in params.items()}
+    for _ in range(5):
+        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+        ours, state, _ = adam_update(config, ours, grads, state)
+        updates, opt_state = reference.update({k: jnp.asarray(v) for k, v in grads.items()}, opt_state, theirs)
+        theirs = optax.apply_updates(theirs, updates)
+    for k in params:
+        np.testing.assert_allclose(ours[k], np.asarray(theirs[k]), rtol=1e-10, atol=1e-14)
+
+
+def test_cosine_schedule_starts_at_lr_and_decays_to_zero():
+    config = AdamConfig(lr=0.1, schedule="cosine", total_steps=100)
+    assert config.learning_rate(0) == pytest.approx(0.1)
+    assert config.learning_rate(50) == pytest.approx(0.05)
+    assert config.learning_rate(100) == pytest.approx(0.0, abs=1e-15)
+    warm = AdamConfig(lr=0.1, schedule="warmup_cosine", warmup_steps=10, total_steps=110)
+    assert warm.learning_rate(0) == pytest.approx(0.01)
+    assert warm.learning_rate(9) == pytest.approx(0.1)
+    assert warm.learning_rate(60) == pytest.approx(0.05)
+
+
+# --- the loop and its run directory -------------------------------------------------------------
+
+
+def test_training_lowers_the_loss_and_writes_the_run_directory(tmp_path):
+    config = small_config(steps=200, lr=0.01, init_scale=0.5)
+    state = train(tmp_path, config)
+    assert state.step == 200
+    assert load_run_config(tmp_path / "config.toml") == config
+    records = runio.read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(0, 200, 5))
+    assert set(records[0]) == {"step", "loss", "lr", "grad_norm", "wall_time"}
+    assert np.mean([r["loss"] for r in records[-5:]]) < 0.7 * records[0]["loss"]
+    assert [s for s, _ in runio.list_checkpoints(tmp_path)] == list(range(0, 201, 10))
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    config = small_config()
+    first = train(tmp_path, config)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    again = train(tmp_path, config)
+    assert_same_state(first, again)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_resume_from_an_intermediate_checkpoint_is_bit_for_bit(tmp_path):
+    config = small_config()
+    whole = train(tmp_path / "whole", config)
+    partial = tmp_path / "partial"
+    train(partial, config)
+    for step, path in runio.list_checkpoints(partial):
+        if step > 20:
+            path.unlink()  # as if the run had stopped after step 20
+    resumed = train(partial, config)
+    assert_same_state(whole, resumed)
+    assert [r["step"] for r in runio.read_jsonl(partial / "metrics.jsonl")] == list(range(0, 40, 5))
+
+
+def test_a_run_directory_refuses_a_different_config(tmp_path):
+    train(tmp_path, small_config())
+    with pytest.raises(ValueError, match="different configuration"):
+        train(tmp_path, small_config(lr=0.5))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = run_config_from_dict(
+        {**SMALL, "model": {"dtype": "float32"},
+         "train": {"steps": 50, "batch_size": 32, "lr": 1e12, "clip_norm": 0.0, "checkpoint_every": 1, "init_scale": 1.0}}
+    )
+    with pytest.raises(TrainingDiverged, match=r"non-finite.*last good checkpoint is .*step_\d+\.npz"):
+        train(tmp_path, config)
+    step, path = runio.list_checkpoints(tmp_path)[-1]
+    state = load_checkpoint(path, "float32")
+    assert state.step == step
+    assert all(np.isfinite(v).all() for v in state.params.values())
+
+
+# --- a killed process resumes bit-for-bit ---------------------------------------------------------
+
+CONFIG_TOML = """
+[task]
+d = 4
+n_context = 6
+[model]
+n_layers = 2
+[train]
+steps = 400
+batch_size = 256
+checkpoint_every = 20
+log_every = 5
+"""
+
+
+def _start(args, env_code=""):
+    code = textwrap.dedent(env_code) + "\nimport sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _final_state(run_dir: Path):
+    step, path = runio.list_checkpoints(run_dir)[-1]
+    assert step == 400
+    return load_checkpoint(path, "float64")
+
+
+def test_a_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
+    config_path = tmp_path / "run.toml"
+    config_path.write_text(CONFIG_TOML)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _start(["train", "--config", str(config_path), "--out", str(whole), "--quiet"]).wait(120) == 0
+
+    process = _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"])
+    deadline = time.time() + 60
+    while len(runio.list_checkpoints(killed)) < 4 and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    assert len(runio.list_checkpoints(killed)) < 21, "the run finished before it was killed"
+
+    assert _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"]).wait(120) == 0
+    assert_same_state(_final_state(whole), _final_state(killed))
+
+
+def test_a_run_killed_in_the_middle_of_a_checkpoint_write_resumes_bit_for_bit(tmp_path):
+    """The process dies after half of the third checkpoint's bytes reached the temp file."""
+    config_path = tmp_path / "run.toml"
+    config_path.write_text(CONFIG_TOML)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _start(["train", "--config", str(config_path), "--out", str(whole), "--quiet"]).wait(120) == 0
+    die_mid_write = """
+        import os, signal
+        from iclgd import runio
+        real_write, calls = runio.atomic_write_bytes, []
+        def dying_write(path, data):
+            if path.suffix == ".npz":
+                calls.append(path)
+                if len(calls) == 3:
+                    with open(str(path) + ".partial.tmp", "wb") as f:
+                        f.write(data[: len(data) // 2])
+                    with open(path.with_name(".%s.x.tmp" % path.name), "wb") as f:
+                        f.write(data[: len(data) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real_write(path, data)
+        runio.atomic_write_bytes = dying_write
+    """
+    process = _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"], die_mid_write)
+    assert process.wait(60) == -signal.SIGKILL
+    assert [s for s, _ in runio.list_checkpoints(killed)] == [0, 20]
+    assert _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"]).wait(120) == 0
+    assert_same_state(_final_state(whole), _final_state(killed))
