@@ -191,6 +191,9 @@ def train(run_dir: str | Path, config, *, quiet: bool = True, backend=None) -> T
         kept = [r for r in runio.read_jsonl(metrics_path) if r.get("step", 0) < state.step]
         runio.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         elapsed_before = kept[-1]["wall_time"] if kept else 0.0
+        if not quiet:
+            done = "finished" if state.step >= config.train.steps else "resuming"
+            print(f"{run_dir}: {done} at step {state.step} of {config.train.steps}", file=sys.stderr)
 
     train_cfg, adam_cfg = config.train, config.train.adam()
     progress = Progress(train_cfg.steps, enabled=not quiet and sys.stderr.isatty())

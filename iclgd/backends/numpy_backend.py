@@ -172,7 +172,9 @@ class NumpyBackend:
 
     def sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         """d yhat_b / d x_q,b for every task, (B, d): one backward pass seeded with
-        d yhat / d E_K[:, N, d] = -1 (tasks are independent, so no batch sum mixes them)."""
+        d yhat / d E_K[:, N, d] = -1 (tasks are independent, so no batch sum mixes them).
+        The derivative is taken through the x-part of the query token with its y-slot held
+        fixed (for tokens from ``with_initial_guess``, add d yhat/d y_q * d y_q/d x_q yourself)."""
         params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
         states, caches = _forward(cfg, params, tokens, QUERY_ROW)
         grad_out = np.zeros_like(states[-1])

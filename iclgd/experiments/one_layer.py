@@ -44,7 +44,6 @@ class OneLayerSetting:
     x_scale: float = 1.0
     backend: str = "numpy"
     val_tasks: int = 10_000
-    curve_tasks: int = 2048
     n_curve_points: int = 20
 
     def run_config(self) -> RunConfig:
@@ -63,7 +62,7 @@ def x_scale_name(x_scale: float) -> str:
 
 
 def alignment_over_training(backend, config: RunConfig, run_dir: Path, batch, eta: float) -> list[dict]:
-    """Validation loss and alignment with GD at every checkpoint."""
+    """Validation loss and alignment with GD at every checkpoint (on the validation tasks)."""
     rows = []
     for step, path in runio.list_checkpoints(run_dir):
         params = load_checkpoint(path, config.model.dtype).params
@@ -89,8 +88,7 @@ def run(out_dir: str | Path, setting: OneLayerSetting, quiet: bool = False) -> d
     tuned = compare_with_gd(backend, cfg, state.params, batch, gd_eta)
     at_optimum = compare_with_gd(backend, cfg, state.params, batch, optimum.eta)
     constructed = gd_construction(cfg, gd_eta)
-    curve = alignment_over_training(backend, config, out_dir, batch if setting.curve_tasks >= batch.batch_size
-                                    else validation_batch(task, setting.curve_tasks, setting.seed), gd_eta)
+    curve = alignment_over_training(backend, config, out_dir, batch, gd_eta)
     results = {
         "claim": "a trained one-layer LSA equals one step of GD with the best learning rate",
         "setting": asdict(setting),
