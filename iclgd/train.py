@@ -1,10 +1,11 @@
 """The training loop: fresh tasks every step, clipped Adam, resumable run directories.
 
-``train(run_dir, config)`` talks to the model only through the backend API
-(``loss_and_grad``), so every backend trains with the same loop.  The data stream is one
-PCG64 generator seeded with ``train.seed``; model init uses an independent stream spawned from
-the same seed.  A checkpoint holds params, Adam's moments and count, the data generator's state
-and the step, so a resumed run continues bit-for-bit.
+``train(run_dir, config)`` talks to the model only through the backend: ``backend.trainer(config)``
+returns an object whose ``advance(state, n)`` does n updates (HostTrainer below for numpy and
+numba; the jax backend fuses sampling, gradient and optax Adam into one compiled step).
+Batch t is drawn from a generator keyed by (seed, t) and the init from an independent stream
+of the same seed, so a checkpoint (params, Adam's moments and count, the step, and the data
+stream's position) is all a run needs to continue bit-for-bit.
 """
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ from iclgd import runio
 from iclgd._checks import finite_float, nonnegative_int, positive_int
 from iclgd.backends import available_backends, get_backend
 from iclgd.models import init_params
-from iclgd.optim import SCHEDULES, AdamConfig, AdamState, adam_update
+from iclgd.backends.training import StepRecord, TrainState, batch_rng, init_seed  # noqa: F401 (re-exported)
+from iclgd.optim import SCHEDULES, AdamConfig, AdamState
+
+
+SAMPLERS = ("numpy", "jax")
 
 
 class TrainingDiverged(RuntimeError):
@@ -30,7 +35,11 @@ class TrainingDiverged(RuntimeError):
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train. lr 1e-3 and batch 2048 are the paper's settings for < 3 layers
-    (it used 5e-4 for deeper models). clip_norm = 0 turns clipping off."""
+    (it used 5e-4 for deeper models). clip_norm = 0 turns clipping off.
+
+    sampler: "numpy" - batch t is ``task.sample(batch_size, batch_rng(seed, t))`` on the host, the
+    same numbers on every backend; "jax" - drawn inside the jax backend's jitted step from
+    ``jax.random.fold_in(PRNGKey(seed), t)`` (another stream: fast, for full-scale runs)."""
 
     steps: int = 5000
     batch_size: int = 2048
@@ -46,6 +55,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     init_scale: float = 0.002
+    sampler: str = "numpy"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -66,6 +76,10 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {self.schedule!r}")
         if self.backend not in available_backends():
             raise ValueError(f"backend must be one of {available_backends()}; got {self.backend!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}; got {self.sampler!r}")
+        if self.sampler == "jax" and self.backend != "jax":
+            raise ValueError(f"sampler 'jax' draws batches inside the jax backend's compiled step; got backend {self.backend!r}")
 
     def adam(self) -> AdamConfig:
         return AdamConfig(
@@ -80,33 +94,19 @@ class TrainConfig:
         )
 
 
-@dataclass
-class TrainState:
-    step: int
-    params: dict[str, np.ndarray]
-    adam: AdamState
-    rng: np.random.Generator
-
-
-def data_and_init_seeds(seed: int) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
-    """Two independent streams from one seed: (task data, model init)."""
-    data, init = np.random.SeedSequence(seed).spawn(2)
-    return data, init
-
-
 def initial_state(config) -> TrainState:
-    data_seed, init_seed = data_and_init_seeds(config.train.seed)
-    params = init_params(config.model, np.random.default_rng(init_seed), scale=config.train.init_scale)
-    return TrainState(0, params, AdamState.zeros_like(params), np.random.default_rng(data_seed))
+    params = init_params(config.model, np.random.default_rng(init_seed(config.train.seed)), scale=config.train.init_scale)
+    return TrainState(0, params, AdamState.zeros_like(params))
 
 
-def save_checkpoint(run_dir: Path, state: TrainState) -> Path:
+def save_checkpoint(run_dir: Path, state: TrainState, seed: int) -> Path:
     arrays = {f"params/{k}": v for k, v in state.params.items()}
     arrays |= {f"adam_m/{k}": v for k, v in state.adam.m.items()}
     arrays |= {f"adam_v/{k}": v for k, v in state.adam.v.items()}
     arrays["adam_count"] = np.array(state.adam.count)
     arrays["step"] = np.array(state.step)
-    arrays["rng_state"] = np.array(json.dumps(state.rng.bit_generator.state))
+    # the data stream's position, for readers: batch t comes from batch_rng(seed, t)
+    arrays["rng_state"] = np.array(json.dumps({"stream": "batch_rng", "seed": seed, "next_batch": state.step}))
     path = runio.checkpoint_path(run_dir, state.step)
     runio.save_npz(path, arrays)
     return path
@@ -118,10 +118,8 @@ def load_checkpoint(path: Path, dtype: str) -> TrainState:
     def group(prefix):
         return {k[len(prefix) :]: v.astype(dtype, copy=False) for k, v in data.items() if k.startswith(prefix)}
 
-    rng = np.random.default_rng()
-    rng.bit_generator.state = json.loads(str(data["rng_state"]))
     adam = AdamState(group("adam_m/"), group("adam_v/"), int(data["adam_count"]))
-    return TrainState(int(data["step"]), group("params/"), adam, rng)
+    return TrainState(int(data["step"]), group("params/"), adam)
 
 
 def latest_state(run_dir: Path, dtype: str) -> TrainState | None:
@@ -174,47 +172,53 @@ def prepare_run_dir(run_dir: Path, config) -> None:
 def train(run_dir: str | Path, config, *, quiet: bool = True, backend=None) -> TrainState:
     """Train ``config.model`` on ``config.task`` as ``config.train`` says, writing to ``run_dir``.
 
-    Resumes from the newest checkpoint if ``run_dir`` holds one (same config required);
-    returns the final state.  Raises TrainingDiverged on a NaN/inf loss.
+    Resumes from the newest checkpoint if ``run_dir`` holds one (same config required; any
+    backend may resume any other's run); returns the final state.  Raises TrainingDiverged on
+    a NaN/inf loss, leaving the last good checkpoint as the newest.
     """
     run_dir = Path(run_dir)
     backend = backend or get_backend(config.train.backend)
     prepare_run_dir(run_dir, config)
     state = latest_state(run_dir, config.model.dtype)
     metrics_path = run_dir / "metrics.jsonl"
+    train_cfg = config.train
     elapsed_before = 0.0
     if state is None:
         state = initial_state(config)
-        save_checkpoint(run_dir, state)
+        save_checkpoint(run_dir, state, train_cfg.seed)
         runio.atomic_write_text(metrics_path, "")
     else:  # keep the metrics logged before the checkpoint (steps < its step); later lines are redone
         kept = [r for r in runio.read_jsonl(metrics_path) if r.get("step", 0) < state.step]
         runio.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         elapsed_before = kept[-1]["wall_time"] if kept else 0.0
         if not quiet:
-            done = "finished" if state.step >= config.train.steps else "resuming"
-            print(f"{run_dir}: {done} at step {state.step} of {config.train.steps}", file=sys.stderr)
+            done = "finished" if state.step >= train_cfg.steps else "resuming"
+            print(f"{run_dir}: {done} at step {state.step} of {train_cfg.steps}", file=sys.stderr)
 
-    train_cfg, adam_cfg = config.train, config.train.adam()
+    trainer = backend.trainer(config)
     progress = Progress(train_cfg.steps, enabled=not quiet and sys.stderr.isatty())
     start = time.perf_counter()
     while state.step < train_cfg.steps:
-        batch = config.task.sample(train_cfg.batch_size, state.rng)
-        loss, grads = backend.loss_and_grad(config.model, state.params, batch)
-        lr = adam_cfg.learning_rate(state.adam.count)
-        params, adam, grad_norm = adam_update(adam_cfg, state.params, grads, state.adam)
-        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-            last = runio.list_checkpoints(run_dir)[-1][1]
-            raise TrainingDiverged(
-                f"training stopped at step {state.step}: the loss is {loss} and the gradient norm {grad_norm} "
-                f"(non-finite); the last good checkpoint is {last}. Try a smaller lr or clip_norm."
-            )
-        if state.step % train_cfg.log_every == 0:
-            record = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
-            record["wall_time"] = elapsed_before + time.perf_counter() - start
-            runio.append_jsonl(metrics_path, record)
-        state = TrainState(state.step + 1, params, adam, state.rng)
-        progress.update(state.step, loss)
+        # advance to the next log or checkpoint boundary
+        boundary = min(train_cfg.steps, _next_multiple(state.step, train_cfg.log_every), _next_multiple(state.step, train_cfg.checkpoint_every))
+        new_state, records = trainer.advance(state, boundary - state.step)
+        for record in records:
+            if not record.finite:
+                last = runio.list_checkpoints(run_dir)[-1][1]
+                raise TrainingDiverged(
+                    f"training stopped at step {record.step}: the loss is {record.loss} and the gradient norm "
+                    f"{record.grad_norm} (non-finite); the last good checkpoint is {last}. Try a smaller lr or clip_norm."
+                )
+            if record.step % train_cfg.log_every == 0:
+                row = {"step": record.step, "loss": record.loss, "lr": record.lr, "grad_norm": record.grad_norm}
+                row["wall_time"] = elapsed_before + time.perf_counter() - start
+                runio.append_jsonl(metrics_path, row)
+        state = new_state
+        progress.update(state.step, records[-1].loss)
         if state.step % train_cfg.checkpoint_every == 0 or state.step == train_cfg.steps:
-            save_checkpoint(run_dir, state)
+            save_checkpoint(run_dir, state, train_cfg.seed)
     return state
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every

@@ -346,7 +346,7 @@ def test_a_backend_name_that_is_not_a_string_is_rejected():
 def test_a_backend_whose_engine_is_not_installed_raises_import_error_naming_the_pip_extra(monkeypatch):
     engine = "iclgd_test_engine_that_does_not_exist"
     monkeypatch.setitem(
-        iclgd.backends._REGISTRY, "ghost", ("iclgd.backends.numpy_backend", "NumpyBackend", "ghostextra", engine)
+        iclgd.backends._REGISTRY, "ghost", ("iclgd.backends.numpy_backend", "NumpyBackend", "ghostextra", (engine,))
     )
     assert "ghost" in iclgd.available_backends()
     with pytest.raises(ImportError, match=rf"backend 'ghost' needs {engine}.*pip install 'iclgd\[ghostextra\]'") as error:
@@ -357,16 +357,18 @@ def test_a_backend_whose_engine_is_not_installed_raises_import_error_naming_the_
 # Every registered backend with an optional engine, plus one synthetic entry whose engine
 # (a stdlib module) is really installed, so that the list is never empty and the
 # sys.modules mechanism is shown to hide an importable module.
-SYNTHETIC = ("iclgd.backends.numpy_backend", "NumpyBackend", "synthetic", "colorsys")
-ENGINE_BACKENDS = {name: entry for name, entry in iclgd.backends._REGISTRY.items() if entry[3] is not None}
-ENGINE_BACKENDS["synthetic-stdlib-engine"] = SYNTHETIC
+SYNTHETIC = ("iclgd.backends.numpy_backend", "NumpyBackend", "synthetic", ("colorsys",))
+ENGINE_CASES = {
+    (name, engine): entry for name, entry in iclgd.backends._REGISTRY.items() for engine in entry[3]
+}
+ENGINE_CASES[("synthetic-stdlib-engine", "colorsys")] = SYNTHETIC
 
 
-@pytest.mark.parametrize("name", ENGINE_BACKENDS, ids=str)
-def test_every_backend_with_an_uninstalled_engine_raises_import_error_naming_its_pip_extra(monkeypatch, name):
+@pytest.mark.parametrize("name, engine", ENGINE_CASES, ids=str)
+def test_every_backend_with_an_uninstalled_engine_raises_import_error_naming_its_pip_extra(monkeypatch, name, engine):
     if name not in iclgd.backends._REGISTRY:
-        monkeypatch.setitem(iclgd.backends._REGISTRY, name, ENGINE_BACKENDS[name])
-    _, _, extra, engine = iclgd.backends._REGISTRY[name]
+        monkeypatch.setitem(iclgd.backends._REGISTRY, name, ENGINE_CASES[(name, engine)])
+    _, _, extra, _ = iclgd.backends._REGISTRY[name]
     assert extra, f"backend {name!r} has an engine ({engine}) but no pip extra to name"
     monkeypatch.setitem(sys.modules, engine, None)  # import of the engine now fails
     with pytest.raises(ImportError, match=rf"backend {re.escape(repr(name))} needs {re.escape(engine)}.*iclgd\[{re.escape(extra)}\]"):
@@ -374,8 +376,8 @@ def test_every_backend_with_an_uninstalled_engine_raises_import_error_naming_its
 
 
 def test_backends_without_an_engine_need_no_optional_dependency():
-    for name, (_, _, extra, engine) in iclgd.backends._REGISTRY.items():
-        if engine is None:
+    for name, (_, _, extra, engines) in iclgd.backends._REGISTRY.items():
+        if not engines:
             assert extra is None, name
             assert iclgd.get_backend(name).name == name
 

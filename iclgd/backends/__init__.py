@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import importlib
 
-# name -> (module, class, the pip extra that installs its engine, the engine's import name)
+# name -> (module, class, the pip extra that installs its engine, the engine's import names)
 _REGISTRY = {
-    "numpy": ("iclgd.backends.numpy_backend", "NumpyBackend", None, None),
+    "numpy": ("iclgd.backends.numpy_backend", "NumpyBackend", None, ()),
+    "numba": ("iclgd.backends.numba_backend", "NumbaBackend", "numba", ("numba",)),
+    "jax": ("iclgd.backends.jax_backend", "JaxBackend", "jax", ("jax", "optax")),
 }
 
 
@@ -26,8 +28,8 @@ def get_backend(name: str):
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; expected one of {available_backends()}")
-    module_name, class_name, extra, engine = _REGISTRY[name]
-    if engine is not None:
+    module_name, class_name, extra, engines = _REGISTRY[name]
+    for engine in engines:
         try:
             importlib.import_module(engine)
         except ImportError as error:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd.models import LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
+from iclgd.backends.base import HostBackend
 from iclgd.tasks import Batch
 
 
@@ -135,7 +136,7 @@ def _read_out(tokens: np.ndarray) -> np.ndarray:
     return -tokens[:, -1, -1]
 
 
-class NumpyBackend:
+class NumpyBackend(HostBackend):
     """The oracle backend. Every method validates its inputs (ValueError on bad ones) and
     computes in ``cfg.dtype``; arrays in and out are NumPy arrays."""
 

@@ -1,0 +1,25 @@
+"""What every backend offers, and the shared default for training on the host.
+
+A backend has ``name`` and, with the same signatures and NumPy arrays in and out:
+``forward(cfg, params, tokens)``, ``predict``, ``loss(cfg, params, batch)``, ``loss_and_grad``,
+``sensitivity``; and for training ``trainer(config)``, an object whose
+``advance(state, n_steps)`` performs updates (see iclgd.train).
+"""
+from __future__ import annotations
+
+from iclgd.backends.training import HostTrainer
+
+
+class HostBackend:
+    """Backends that train on the host with NumPy Adam: batch t is sampled by the task from
+    ``iclgd.train.batch_rng(seed, t)``; a backend may override ``sample_loss_and_grad`` to fuse
+    sampling with the gradient, as long as it draws the same numbers."""
+
+    name = "host"
+
+    def sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
+        """(loss, grads) on a fresh batch ``task.sample(batch_size, rng)``."""
+        return self.loss_and_grad(cfg, params, task.sample(batch_size, rng))
+
+    def trainer(self, config):
+        return HostTrainer(self, config)

@@ -1,0 +1,72 @@
+"""Training state and the host-side trainer shared by the NumPy and numba backends.
+
+The data stream is stateless: batch t is drawn from ``batch_rng(seed, t)``, a PCG64 generator
+keyed by (seed, t), so a run continues from its step alone, on any backend.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iclgd.optim import AdamState, adam_update
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue: the step, params and Adam's state (host NumPy arrays).
+    The data stream is stateless (batch t depends only on the seed and t), so no RNG state is carried."""
+
+    step: int
+    params: dict[str, np.ndarray]
+    adam: AdamState
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one update reports: the step it started from, the batch loss there, the rate used
+    and the gradient's global norm (before clipping)."""
+
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.loss) and np.isfinite(self.grad_norm))
+
+
+def init_seed(seed: int) -> np.random.SeedSequence:
+    """The model-init stream of a run."""
+    return np.random.SeedSequence(seed, spawn_key=(1,))
+
+
+def batch_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of training batch ``step``: PCG64 keyed by (seed, step), independent of
+    every other step, so a run resumes, on any backend, from its step alone."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, step)))
+
+
+class HostTrainer:
+    """Updates on the host: batch t from ``batch_rng(seed, t)``, the backend's
+    ``sample_loss_and_grad`` (which may fuse sampling and the gradient), then NumPy Adam.
+    Backends return one from ``trainer(config)``; the jax backend has its own."""
+
+    def __init__(self, backend, config):
+        self.backend, self.config, self.adam = backend, config, config.train.adam()
+
+    def advance(self, state: TrainState, n_steps: int) -> tuple[TrainState, list[StepRecord]]:
+        """Up to ``n_steps`` updates; stops after the first non-finite one (its record is last)."""
+        cfg, task, train_cfg = self.config.model, self.config.task, self.config.train
+        records = []
+        for _ in range(n_steps):
+            rng = batch_rng(train_cfg.seed, state.step)
+            loss, grads = self.backend.sample_loss_and_grad(cfg, task, state.params, train_cfg.batch_size, rng)
+            lr = self.adam.learning_rate(state.adam.count)
+            params, adam, grad_norm = adam_update(self.adam, state.params, grads, state.adam)
+            records.append(StepRecord(state.step, loss, lr, grad_norm))
+            if not records[-1].finite:
+                break
+            state = TrainState(state.step + 1, params, adam)
+        return state, records
