@@ -101,6 +101,13 @@ class LinearRegressionTask:
         """The task as the authors' code draws it: ``x ~ U(-0.5, 0.5)^d``."""
         return cls(x_scale="authors_code", **kwargs)
 
+    def draw_weights_and_inputs(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The first draws of ``sample``: w (B, d) and x (B, N + 1, d), float64.  Fast backends
+        that build labels and tokens themselves start from these, to see the same tasks."""
+        weights = self.w_scale * rng.standard_normal((batch_size, self.d))
+        x = rng.uniform(-self.x_scale, self.x_scale, size=(batch_size, self.n_context + 1, self.d))
+        return weights, x
+
     def sample(self, batch_size: int, seed: int | np.random.Generator) -> Batch:
         """Draw ``batch_size`` independent tasks.
 
@@ -111,9 +118,8 @@ class LinearRegressionTask:
         """
         batch_size = positive_int("batch_size", batch_size)
         rng = as_generator(seed)
-        n, d, a = self.n_context, self.d, self.x_scale
-        weights = self.w_scale * rng.standard_normal((batch_size, d))
-        x = rng.uniform(-a, a, size=(batch_size, n + 1, d))
+        n, d = self.n_context, self.d
+        weights, x = self.draw_weights_and_inputs(batch_size, rng)
         y = np.einsum("btd,bd->bt", x, weights)
         if self.noise_std > 0:
             y += self.noise_std * rng.standard_normal((batch_size, n + 1))

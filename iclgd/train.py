@@ -9,6 +9,7 @@ stream's position) is all a run needs to continue bit-for-bit.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -159,6 +160,8 @@ def prepare_run_dir(run_dir: Path, config) -> None:
     config_path = run_dir / "config.toml"
     if config_path.exists():
         existing = load_run_config(config_path)
+        # the backend is how a run is computed, not what it is: any backend may resume it
+        existing = dataclasses.replace(existing, train=dataclasses.replace(existing.train, backend=config.train.backend))
         if existing != config:
             raise ValueError(
                 f"{run_dir} holds a run with a different configuration ({config_path}); "
