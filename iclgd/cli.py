@@ -13,22 +13,47 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(row.ok for row in rows) else 1
 
 
-def _train(args: argparse.Namespace) -> int:
+def _override_train(config, **changes):
+    """The config with [train] fields replaced by the command line's (validated again)."""
     import dataclasses
 
-    from iclgd.config import load_run_config
-    from iclgd.train import TrainConfig, train
+    changes = {key: value for key, value in changes.items() if value is not None}
+    try:
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+    except ValueError as error:
+        raise ValueError(f"command line: {error}") from None
 
-    config = load_run_config(args.config)
-    if args.backend is not None:
-        try:
-            train_cfg = dataclasses.replace(config.train, backend=args.backend)
-        except ValueError as error:
-            raise ValueError(f"--backend: {error}") from None
-        config = dataclasses.replace(config, train=train_cfg)
-    assert isinstance(config.train, TrainConfig)
-    state = train(args.out, config, quiet=args.quiet)
-    print(f"trained {state.step} steps; checkpoints in {args.out}/checkpoints")
+
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from iclgd.config import load_run_config
+    from iclgd.train import train_seeds
+
+    config = _override_train(load_run_config(args.config), backend=args.backend, sampler=args.sampler)
+    if args.seeds is None:
+        run_dirs, configs = [Path(args.out)], [config]
+    else:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be a positive integer; got {args.seeds}")
+        seeds = [config.train.seed + i for i in range(args.seeds)]
+        configs = [dataclasses.replace(config, train=dataclasses.replace(config.train, seed=s)) for s in seeds]
+        run_dirs = [Path(args.out) / f"seed_{s}" for s in seeds]
+    states = train_seeds(run_dirs, configs, quiet=args.quiet)
+    for run_dir, state in zip(run_dirs, states):
+        print(f"{run_dir}: trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from iclgd import bench
+
+    backends = args.backends.split(",") if args.backends else None
+    results = bench.run(backends, repeats=args.repeats)
+    json_path, md_path = bench.write(results, args.out)
+    print(bench.markdown(results))
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 
@@ -36,7 +61,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from iclgd.experiments import one_layer
 
     setting = one_layer.OneLayerSetting(
-        steps=args.steps, seed=args.seed, x_scale=args.x_scale, backend=args.backend, val_tasks=args.val_tasks
+        steps=args.steps, seed=args.seed, x_scale=args.x_scale, backend=args.backend, val_tasks=args.val_tasks,
+        sampler=args.sampler,
     )
     setting.run_config()  # validate everything before DIR is touched
     results = one_layer.run(args.out, setting, quiet=args.quiet)
@@ -59,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an LSA model from a TOML config ([task], [model], [train])")
     train.add_argument("--config", required=True, help="TOML file")
     train.add_argument("--out", required=True, help="run directory (resumed if it holds an unfinished run)")
-    train.add_argument("--backend", default=None, help="override [train] backend")
+    train.add_argument("--backend", default=None, help="override [train] backend: numpy, numba or jax")
+    train.add_argument("--sampler", default=None, help="override [train] sampler: numpy (host, same on every backend) or jax")
+    train.add_argument("--seeds", type=int, default=None,
+                       help="train this many seeds (seed, seed+1, ...) into OUT/seed_S; one vmapped program on jax")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
@@ -67,13 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     claims = reproduce.add_subparsers(dest="claim", metavar="CLAIM", required=True)
     one = claims.add_parser("one-layer", help="a trained LSA layer = one GD step with the best rate (the main job)")
     one.add_argument("--out", default="runs/one-layer")
-    one.add_argument("--backend", default="numpy")
+    one.add_argument("--backend", default="numpy", help="numpy, numba or jax")
+    one.add_argument("--sampler", default="numpy", help="numpy (host; the same tasks on every backend) or jax")
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--steps", type=int, default=5000)
     one.add_argument("--x-scale", type=float, default=1.0, help="inputs ~ U(-a, a); 1 = paper's text, 0.5 = authors' code")
     one.add_argument("--val-tasks", type=int, default=10_000)
     one.add_argument("--quiet", action="store_true")
     one.set_defaults(run=_reproduce)
+    bench = commands.add_parser("bench", help="time every installed backend on the same work, checked against the oracle")
+    bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
+    bench.add_argument("--backends", default=None, help="comma-separated (default: every installed one)")
+    bench.add_argument("--repeats", type=int, default=30)
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -172,6 +172,47 @@ def prepare_run_dir(run_dir: Path, config) -> None:
     runio.atomic_write_text(config_path, run_config_to_toml(config))
 
 
+class RunDirectory:
+    """One run's directory during training: opens (or resumes) it, logs records, checkpoints."""
+
+    def __init__(self, run_dir: str | Path, config, quiet: bool):
+        self.path, self.config = Path(run_dir), config
+        prepare_run_dir(self.path, config)
+        self.metrics = self.path / "metrics.jsonl"
+        self.state = latest_state(self.path, config.model.dtype)
+        self.elapsed_before = 0.0
+        if self.state is None:
+            self.state = initial_state(config)
+            save_checkpoint(self.path, self.state, config.train.seed)
+            runio.atomic_write_text(self.metrics, "")
+        else:  # keep the metrics logged before the checkpoint (steps < its step); later lines are redone
+            kept = [r for r in runio.read_jsonl(self.metrics) if r.get("step", 0) < self.state.step]
+            runio.atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            self.elapsed_before = kept[-1]["wall_time"] if kept else 0.0
+            if not quiet:
+                done = "finished" if self.state.step >= config.train.steps else "resuming"
+                print(f"{self.path}: {done} at step {self.state.step} of {config.train.steps}", file=sys.stderr)
+        self.start = time.perf_counter()
+
+    def record(self, new_state: TrainState, records: list[StepRecord]) -> None:
+        """Log the records (raising TrainingDiverged at a non-finite one), then checkpoint if due."""
+        train_cfg = self.config.train
+        for record in records:
+            if not record.finite:
+                last = runio.list_checkpoints(self.path)[-1][1]
+                raise TrainingDiverged(
+                    f"training stopped at step {record.step}: the loss is {record.loss} and the gradient norm "
+                    f"{record.grad_norm} (non-finite); the last good checkpoint is {last}. Try a smaller lr or clip_norm."
+                )
+            if record.step % train_cfg.log_every == 0:
+                row = {"step": record.step, "loss": record.loss, "lr": record.lr, "grad_norm": record.grad_norm}
+                row["wall_time"] = self.elapsed_before + time.perf_counter() - self.start
+                runio.append_jsonl(self.metrics, row)
+        self.state = new_state
+        if new_state.step % train_cfg.checkpoint_every == 0 or new_state.step == train_cfg.steps:
+            save_checkpoint(self.path, new_state, train_cfg.seed)
+
+
 def train(run_dir: str | Path, config, *, quiet: bool = True, backend=None) -> TrainState:
     """Train ``config.model`` on ``config.task`` as ``config.train`` says, writing to ``run_dir``.
 
@@ -179,48 +220,46 @@ def train(run_dir: str | Path, config, *, quiet: bool = True, backend=None) -> T
     backend may resume any other's run); returns the final state.  Raises TrainingDiverged on
     a NaN/inf loss, leaving the last good checkpoint as the newest.
     """
-    run_dir = Path(run_dir)
-    backend = backend or get_backend(config.train.backend)
-    prepare_run_dir(run_dir, config)
-    state = latest_state(run_dir, config.model.dtype)
-    metrics_path = run_dir / "metrics.jsonl"
-    train_cfg = config.train
-    elapsed_before = 0.0
-    if state is None:
-        state = initial_state(config)
-        save_checkpoint(run_dir, state, train_cfg.seed)
-        runio.atomic_write_text(metrics_path, "")
-    else:  # keep the metrics logged before the checkpoint (steps < its step); later lines are redone
-        kept = [r for r in runio.read_jsonl(metrics_path) if r.get("step", 0) < state.step]
-        runio.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        elapsed_before = kept[-1]["wall_time"] if kept else 0.0
-        if not quiet:
-            done = "finished" if state.step >= train_cfg.steps else "resuming"
-            print(f"{run_dir}: {done} at step {state.step} of {train_cfg.steps}", file=sys.stderr)
+    return train_seeds([run_dir], [config], quiet=quiet, backend=backend)[0]
 
-    trainer = backend.trainer(config)
+
+class _OneByOne:
+    """Several runs advanced by their own trainers, one after the other."""
+
+    def __init__(self, trainers):
+        self.trainers = trainers
+
+    def advance(self, states, n_steps):
+        results = [trainer.advance(state, n_steps) for trainer, state in zip(self.trainers, states)]
+        return [r[0] for r in results], [r[1] for r in results]
+
+
+def train_seeds(run_dirs: list, configs: list, *, quiet: bool = True, backend=None) -> list[TrainState]:
+    """Train several runs that differ only in their seed, in lockstep; with the jax backend's
+    ``seeds_trainer`` (sampler "jax") all of them in one compiled, vmapped program.  Each run
+    has its own directory, written as ``train`` writes one."""
+    if len({dataclasses.replace(c, train=dataclasses.replace(c.train, seed=0)) for c in configs}) != 1:
+        raise ValueError("train_seeds needs configs that differ only in [train] seed")
+    backend = backend or get_backend(configs[0].train.backend)
+    runs = [RunDirectory(run_dir, config, quiet) for run_dir, config in zip(run_dirs, configs)]
+    if len({run.state.step for run in runs}) != 1:  # resumed at different steps: one by one
+        return [train_seeds([run.path], [run.config], quiet=quiet, backend=backend)[0] for run in runs]
+    train_cfg = configs[0].train
+    if len(runs) > 1 and hasattr(backend, "seeds_trainer") and train_cfg.sampler == "jax":
+        trainer = backend.seeds_trainer(configs[0], [c.train.seed for c in configs])
+    else:
+        trainer = _OneByOne([backend.trainer(config) for config in configs])
     progress = Progress(train_cfg.steps, enabled=not quiet and sys.stderr.isatty())
-    start = time.perf_counter()
-    while state.step < train_cfg.steps:
+    step = runs[0].state.step
+    while step < train_cfg.steps:
         # advance to the next log or checkpoint boundary
-        boundary = min(train_cfg.steps, _next_multiple(state.step, train_cfg.log_every), _next_multiple(state.step, train_cfg.checkpoint_every))
-        new_state, records = trainer.advance(state, boundary - state.step)
-        for record in records:
-            if not record.finite:
-                last = runio.list_checkpoints(run_dir)[-1][1]
-                raise TrainingDiverged(
-                    f"training stopped at step {record.step}: the loss is {record.loss} and the gradient norm "
-                    f"{record.grad_norm} (non-finite); the last good checkpoint is {last}. Try a smaller lr or clip_norm."
-                )
-            if record.step % train_cfg.log_every == 0:
-                row = {"step": record.step, "loss": record.loss, "lr": record.lr, "grad_norm": record.grad_norm}
-                row["wall_time"] = elapsed_before + time.perf_counter() - start
-                runio.append_jsonl(metrics_path, row)
-        state = new_state
-        progress.update(state.step, records[-1].loss)
-        if state.step % train_cfg.checkpoint_every == 0 or state.step == train_cfg.steps:
-            save_checkpoint(run_dir, state, train_cfg.seed)
-    return state
+        boundary = min(train_cfg.steps, _next_multiple(step, train_cfg.log_every), _next_multiple(step, train_cfg.checkpoint_every))
+        new_states, records = trainer.advance([run.state for run in runs], boundary - step)
+        for run, new_state, run_records in zip(runs, new_states, records):
+            run.record(new_state, run_records)
+        step = boundary
+        progress.update(step, float(np.mean([r[-1].loss for r in records])))
+    return [run.state for run in runs]
 
 
 def _next_multiple(step: int, every: int) -> int:

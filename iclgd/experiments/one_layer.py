@@ -43,6 +43,7 @@ class OneLayerSetting:
     seed: int = 0
     x_scale: float = 1.0
     backend: str = "numpy"
+    sampler: str = "numpy"
     val_tasks: int = 10_000
     n_curve_points: int = 20
 
@@ -51,7 +52,7 @@ class OneLayerSetting:
         model = LSAConfig(d=10, n_layers=1, n_heads=1, n_context=10)
         train_cfg = TrainConfig(
             steps=self.steps, batch_size=2048, lr=1e-3, seed=self.seed, backend=self.backend,
-            schedule="cosine", checkpoint_every=max(1, self.steps // self.n_curve_points),
+            sampler=self.sampler, schedule="cosine", checkpoint_every=max(1, self.steps // self.n_curve_points),
         )
         return RunConfig(task, model, train_cfg)
 
@@ -179,7 +180,7 @@ Claim (von Oswald et al. 2023, Sec. 3, Fig. 2): {r['claim']}.
 
 Setting: d = N = 10, inputs {r['x_scale']}, w ~ N(0, I), no label noise; one layer, one head,
 key size 11, no query attention; Adam lr 1e-3 with cosine decay, batch 2048, {s['steps']} steps,
-seed {s['seed']}, backend `{s['backend']}`. Evaluation on {s['val_tasks']} validation tasks,
+seed {s['seed']}, backend `{s['backend']}`, sampler `{s['sampler']}`. Evaluation on {s['val_tasks']} validation tasks,
 every comparison paired on those tasks; ± is one standard error over tasks.
 Training took {r['train_seconds']:.0f} s, evaluation {r['eval_seconds']:.0f} s.
 
