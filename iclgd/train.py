@@ -21,12 +21,12 @@ import numpy as np
 from iclgd import runio
 from iclgd._checks import finite_float, nonnegative_int, positive_int
 from iclgd.backends import available_backends, get_backend
-from iclgd.models import init_params
-from iclgd.backends.training import StepRecord, TrainState, batch_rng, init_seed  # noqa: F401 (re-exported)
+from iclgd.backends.training import StepRecord, TrainState, batch_rng, initial_state  # noqa: F401 (re-exported)
 from iclgd.optim import SCHEDULES, AdamConfig, AdamState
 
 
 SAMPLERS = ("numpy", "jax")
+ADVANCE_CHUNK = 100  # steps per trainer call: few host round trips, a live progress bar
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,6 +64,8 @@ class TrainConfig:
             set_(self, name, positive_int(name, getattr(self, name)))
         for name in ("seed", "warmup_steps"):
             set_(self, name, nonnegative_int(name, getattr(self, name)))
+        if self.seed >= 2**63:
+            raise ValueError(f"seed must be < 2**63; got {self.seed}")
         set_(self, "lr", finite_float("lr", self.lr, positive=True))
         for name in ("beta1", "beta2"):
             value = finite_float(name, getattr(self, name))
@@ -95,19 +97,18 @@ class TrainConfig:
         )
 
 
-def initial_state(config) -> TrainState:
-    params = init_params(config.model, np.random.default_rng(init_seed(config.train.seed)), scale=config.train.init_scale)
-    return TrainState(0, params, AdamState.zeros_like(params))
+DATA_STREAMS = {"numpy": "batch_rng(seed, t)", "jax": "jax.random.fold_in(PRNGKey(seed), t)"}
 
 
-def save_checkpoint(run_dir: Path, state: TrainState, seed: int) -> Path:
+def save_checkpoint(run_dir: Path, state: TrainState, train_cfg: "TrainConfig") -> Path:
     arrays = {f"params/{k}": v for k, v in state.params.items()}
     arrays |= {f"adam_m/{k}": v for k, v in state.adam.m.items()}
     arrays |= {f"adam_v/{k}": v for k, v in state.adam.v.items()}
     arrays["adam_count"] = np.array(state.adam.count)
     arrays["step"] = np.array(state.step)
-    # the data stream's position, for readers: batch t comes from batch_rng(seed, t)
-    arrays["rng_state"] = np.array(json.dumps({"stream": "batch_rng", "seed": seed, "next_batch": state.step}))
+    # the data stream's position, for readers: the stream is stateless, batch t = f(seed, t)
+    stream = {"stream": DATA_STREAMS[train_cfg.sampler], "seed": train_cfg.seed, "next_batch": state.step}
+    arrays["rng_state"] = np.array(json.dumps(stream))
     path = runio.checkpoint_path(run_dir, state.step)
     runio.save_npz(path, arrays)
     return path
@@ -183,7 +184,7 @@ class RunDirectory:
         self.elapsed_before = 0.0
         if self.state is None:
             self.state = initial_state(config)
-            save_checkpoint(self.path, self.state, config.train.seed)
+            save_checkpoint(self.path, self.state, config.train)
             runio.atomic_write_text(self.metrics, "")
         else:  # keep the metrics logged before the checkpoint (steps < its step); later lines are redone
             kept = [r for r in runio.read_jsonl(self.metrics) if r.get("step", 0) < self.state.step]
@@ -210,7 +211,7 @@ class RunDirectory:
                 runio.append_jsonl(self.metrics, row)
         self.state = new_state
         if new_state.step % train_cfg.checkpoint_every == 0 or new_state.step == train_cfg.steps:
-            save_checkpoint(self.path, new_state, train_cfg.seed)
+            save_checkpoint(self.path, new_state, train_cfg)
 
 
 def train(run_dir: str | Path, config, *, quiet: bool = True, backend=None) -> TrainState:
@@ -252,8 +253,8 @@ def train_seeds(run_dirs: list, configs: list, *, quiet: bool = True, backend=No
     progress = Progress(train_cfg.steps, enabled=not quiet and sys.stderr.isatty())
     step = runs[0].state.step
     while step < train_cfg.steps:
-        # advance to the next log or checkpoint boundary
-        boundary = min(train_cfg.steps, _next_multiple(step, train_cfg.log_every), _next_multiple(step, train_cfg.checkpoint_every))
+        # advance to the next checkpoint, at most ADVANCE_CHUNK steps at a time (records carry every step)
+        boundary = min(train_cfg.steps, _next_multiple(step, train_cfg.checkpoint_every), _next_multiple(step, ADVANCE_CHUNK))
         new_states, records = trainer.advance([run.state for run in runs], boundary - step)
         for run, new_state, run_records in zip(runs, new_states, records):
             run.record(new_state, run_records)

@@ -32,11 +32,8 @@ def drawn_case(drawn, seed, dtype, batch_size):
     return cfg, params, random_batch(cfg.d, n_context, batch_size, seed)
 
 
-@settings(max_examples=40, deadline=None)
-@given(lsa_configs(), seeds, st.sampled_from(["float64", "float32"]), st.integers(1, 9))
-def test_predictions_loss_and_sensitivity_agree_with_the_oracle(drawn, seed, dtype, batch_size):
-    cfg, params, batch = drawn_case(drawn, seed, dtype, batch_size)
-    tol = TOLERANCE[dtype]
+def check_forward_quantities(cfg, params, batch):
+    tol = TOLERANCE[cfg.dtype]
     assert rel(numba.predict(cfg, params, batch.tokens), oracle.predict(cfg, params, batch.tokens)) <= tol
     assert abs(numba.loss(cfg, params, batch) - oracle.loss(cfg, params, batch)) <= tol * max(1.0, oracle.loss(cfg, params, batch))
     assert rel(numba.sensitivity(cfg, params, batch.tokens), oracle.sensitivity(cfg, params, batch.tokens)) <= tol
@@ -44,16 +41,38 @@ def test_predictions_loss_and_sensitivity_agree_with_the_oracle(drawn, seed, dty
         assert rel(ours, truth) <= tol
 
 
-@settings(max_examples=40, deadline=None)
-@given(lsa_configs(), seeds, st.sampled_from(["float64", "float32"]), st.integers(1, 9))
-def test_every_gradient_agrees_with_the_oracle(drawn, seed, dtype, batch_size):
-    cfg, params, batch = drawn_case(drawn, seed, dtype, batch_size)
+def check_gradients(cfg, params, batch):
     loss, grads = numba.loss_and_grad(cfg, params, batch)
     true_loss, true_grads = oracle.loss_and_grad(cfg, params, batch)
     assert set(grads) == set(true_grads)
-    assert all(grads[k].shape == true_grads[k].shape and grads[k].dtype == np.dtype(dtype) for k in grads)
-    assert abs(loss - true_loss) <= TOLERANCE[dtype] * max(1.0, true_loss)
-    assert relative_error(grads, true_grads) <= TOLERANCE[dtype]
+    assert all(grads[k].shape == true_grads[k].shape and grads[k].dtype == np.dtype(cfg.dtype) for k in grads)
+    assert abs(loss - true_loss) <= TOLERANCE[cfg.dtype] * max(1.0, true_loss)
+    assert relative_error(grads, true_grads) <= TOLERANCE[cfg.dtype]
+
+
+# float32 stays at <= 2 layers: random weights through 3 layers overflow float32 in both backends
+@settings(max_examples=40, deadline=None)
+@given(lsa_configs(), seeds, st.integers(1, 9))
+def test_float64_predictions_loss_forward_and_sensitivity_agree_with_the_oracle(drawn, seed, batch_size):
+    check_forward_quantities(*drawn_case(drawn, seed, "float64", batch_size))
+
+
+@settings(max_examples=20, deadline=None)
+@given(lsa_configs(max_layers=2), seeds, st.integers(1, 9))
+def test_float32_predictions_loss_forward_and_sensitivity_agree_with_the_oracle(drawn, seed, batch_size):
+    check_forward_quantities(*drawn_case(drawn, seed, "float32", batch_size))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lsa_configs(), seeds, st.integers(1, 9))
+def test_float64_gradients_agree_with_the_oracle(drawn, seed, batch_size):
+    check_gradients(*drawn_case(drawn, seed, "float64", batch_size))
+
+
+@settings(max_examples=20, deadline=None)
+@given(lsa_configs(max_layers=2), seeds, st.integers(1, 9))
+def test_float32_gradients_agree_with_the_oracle(drawn, seed, batch_size):
+    check_gradients(*drawn_case(drawn, seed, "float32", batch_size))
 
 
 @settings(max_examples=20, deadline=None)

@@ -3,7 +3,9 @@
 A backend has ``name`` and, with the same signatures and NumPy arrays in and out:
 ``forward(cfg, params, tokens)``, ``predict``, ``loss(cfg, params, batch)``, ``loss_and_grad``,
 ``sensitivity``; and for training ``trainer(config)``, an object whose
-``advance(state, n_steps)`` performs updates (see iclgd.train).
+``advance(state, n_steps)`` performs updates (see iclgd.train).  Optionally
+``seeds_trainer(config, seeds)``, whose ``advance(states, n_steps)`` updates many seeds at once
+(the jax backend vmaps them into one program).
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from iclgd.models import init_params
 from iclgd.optim import AdamState, adam_update
 
 
@@ -46,6 +47,12 @@ def batch_rng(seed: int, step: int) -> np.random.Generator:
     """The generator of training batch ``step``: PCG64 keyed by (seed, step), independent of
     every other step, so a run resumes, on any backend, from its step alone."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, step)))
+
+
+def initial_state(config) -> TrainState:
+    """Step 0 of a run: params from ``init_seed(seed)`` at ``init_scale``, zero Adam moments."""
+    params = init_params(config.model, np.random.default_rng(init_seed(config.train.seed)), scale=config.train.init_scale)
+    return TrainState(0, params, AdamState.zeros_like(params))
 
 
 class HostTrainer:
