@@ -103,6 +103,22 @@ def _mv(a, v, out):
 
 
 @njit(cache=True, fastmath=FAST)
+def _gram_apply(e, n_attended, v, out, row_dots):
+    """out = v G with G = C^T C, as (v C^T) C: 4 N D flops instead of forming G (N D^2)."""
+    dim = e.shape[1]
+    for row in range(n_attended):
+        acc = 0.0
+        for k in range(dim):
+            acc += v[k] * e[row, k]
+        row_dots[row] = acc
+    for k in range(dim):
+        acc = 0.0
+        for row in range(n_attended):
+            acc += row_dots[row] * e[row, k]
+        out[k] = acc
+
+
+@njit(cache=True, fastmath=FAST)
 def _add_outer(out, u, v):
     """out += u v^T."""
     for i in range(u.shape[0]):
@@ -119,17 +135,19 @@ def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, se
 
     Returns yhat.  mode GRAD: with dL/dyhat = (yhat - target) * inv_batch (the half-MSE's), adds
     this task's dL/dP, dL/dR into d_p, d_r.  mode SENSITIVITY: writes d yhat / d e_q into sens_out (D,).  gs (K, D, D), ms (K, D, D),
-    a_rows (K, D), u, s (H, D), work (6, D, D) and vecs (4, D) are scratch."""
+    a_rows (K, D), u, s (H, D), work (6, D, D) and vecs (5, max(D, T)) are scratch."""
     n_layers, n_heads, dim = slots.shape[0], p.shape[1], e.shape[1]
-    g0 = gs[0]
-    g0[:] = 0.0
-    for row in range(n_attended):  # G_0 = C^T C: the lower triangle, then mirrored
+    row_dots = vecs[4]
+    if n_layers > 1:  # G_0 = C^T C: the lower triangle, then mirrored (one layer never forms it)
+        g0 = gs[0]
+        g0[:] = 0.0
+        for row in range(n_attended):
+            for i in range(dim):
+                for j in range(i + 1):
+                    g0[i, j] += e[row, i] * e[row, j]
         for i in range(dim):
-            for j in range(i + 1):
-                g0[i, j] += e[row, i] * e[row, j]
-    for i in range(dim):
-        for j in range(i):
-            g0[j, i] = g0[i, j]
+            for j in range(i):
+                g0[j, i] = g0[i, j]
     for i in range(dim):
         a_rows[0, i] = e[e.shape[0] - 1, i]
     t1, t2 = work[0], work[1]
@@ -152,7 +170,10 @@ def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, se
     y_out = a[dim - 1]
     for h in range(n_heads):  # query row of the last layer
         _vm(a, p[slot, h], u[h])
-        _vm(u[h], gs[last], s[h])
+        if n_layers == 1:
+            _gram_apply(e, n_attended, u[h], s[h], row_dots)
+        else:
+            _vm(u[h], gs[last], s[h])
         for t in range(dim):
             y_out += s[h, t] * r[slot, h, t, dim - 1]
     yhat = -y_out
@@ -161,7 +182,7 @@ def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, se
     upstream = (yhat - target) * inv_batch if mode == MODE_GRAD else 1.0
 
     # backward: abar = dL/da_K is -upstream at the y-slot and 0 elsewhere
-    abar_out, abar, sbar, ubar = vecs[0], vecs[1], vecs[2], vecs[3]
+    abar_out, abar, sbar, ubar = vecs[0, :dim], vecs[1, :dim], vecs[2, :dim], vecs[3, :dim]
     gbar = work[3]
     gbar[:] = 0.0
     abar[:] = 0.0
@@ -174,7 +195,10 @@ def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, se
                 d_r[slot, h, i, dim - 1] -= s[h, i] * upstream
         for i in range(dim):  # sbar = R_h abar
             sbar[i] = -r[slot, h, i, dim - 1] * upstream
-        _mv(gs[last], sbar, ubar)
+        if n_layers == 1:
+            _gram_apply(e, n_attended, sbar, ubar, row_dots)
+        else:
+            _mv(gs[last], sbar, ubar)
         if mode == MODE_GRAD:
             _add_outer(d_p[slot, h], a, ubar)
         if need_input_grads:
@@ -224,7 +248,7 @@ def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, se
 
 
 @njit(cache=True, fastmath=FAST)
-def _scratch(n_layers, n_heads, dim, dtype_example):
+def _scratch(n_layers, n_heads, dim, n_tokens, dtype_example):
     dt = dtype_example.dtype
     return (
         np.zeros((n_layers, dim, dim), dt),
@@ -233,7 +257,7 @@ def _scratch(n_layers, n_heads, dim, dtype_example):
         np.zeros((n_heads, dim), dt),
         np.zeros((n_heads, dim), dt),
         np.zeros((6, dim, dim), dt),
-        np.zeros((4, dim), dt),
+        np.zeros((5, max(dim, n_tokens)), dt),
     )
 
 
@@ -250,7 +274,7 @@ def _batch_pass(tokens, targets, include_query, p, r, slots, mode):
     d_p = np.zeros((n_chunks,) + p.shape, p.dtype)
     d_r = np.zeros((n_chunks,) + r.shape, r.dtype)
     for chunk in prange(n_chunks):
-        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, tokens[0, 0])
+        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, tokens[0, 0])
         for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
             yhat[b] = _task_pass(tokens[b], n_attended, p, r, slots, mode, targets[b], 1.0 / batch,
                                  d_p[chunk], d_r[chunk], sens[b], gs, ms, a_rows, u, s, work, vecs)
@@ -274,7 +298,7 @@ def _sampled_grad_pass(weights, inputs, include_query, p, r, slots):
     for chunk in prange(n_chunks):
         e = np.zeros((n_tokens, dim), p.dtype)
         sens = np.zeros(dim, p.dtype)
-        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, e[0])
+        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, e[0])
         for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
             for row in range(n_tokens):
                 label = 0.0
