@@ -105,7 +105,7 @@ def bench_case(name: str, n_layers: int, dtype: str, batch_size: int, repeats: i
     trainer = backend.trainer(config)
     state = initial_state(config)
     state, _ = trainer.advance(state, block)  # compile and warm up
-    per_step = median_seconds(lambda: trainer.advance(state, block), max(3, repeats // block), 1) / block
+    per_step = median_seconds(lambda: trainer.advance(state, block), repeats, 1) / block
     host = dataclasses.replace(config, train=dataclasses.replace(config.train, sampler="numpy"))
     one_step, _ = backend.trainer(host).advance(initial_state(host), 1)
     truth, _ = oracle.trainer(host).advance(initial_state(host), 1)

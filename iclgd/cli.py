@@ -50,7 +50,8 @@ def _bench(args: argparse.Namespace) -> int:
     from iclgd import bench
 
     backends = args.backends.split(",") if args.backends else None
-    results = bench.run(backends, repeats=args.repeats)
+    layers = tuple(int(n) for n in args.layers.split(","))
+    results = bench.run(backends, layers=layers, dtypes=tuple(args.dtypes.split(",")), repeats=args.repeats)
     json_path, md_path = bench.write(results, args.out)
     print(bench.markdown(results))
     print(f"wrote {json_path} and {md_path}")
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time every installed backend on the same work, checked against the oracle")
     bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
     bench.add_argument("--backends", default=None, help="comma-separated (default: every installed one)")
+    bench.add_argument("--layers", default="1,4", help="comma-separated model depths")
+    bench.add_argument("--dtypes", default="float32,float64", help="comma-separated")
     bench.add_argument("--repeats", type=int, default=30)
     bench.set_defaults(run=_bench)
     return parser

@@ -314,6 +314,81 @@ def _sampled_grad_pass(weights, inputs, include_query, p, r, slots):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
+def _one_layer_sampled_grad_pass(weights, inputs, include_query, p, r):
+    """The training hot path for one layer: _sampled_grad_pass with the one-layer algebra
+    written out (no G: v G = (v C^T) C), about 800 multiply-adds a task.
+
+    Per task, a = (x_q, 0); per head u = a P_h, s = (u C^T) C, yhat = -(s R_h)[d];
+    with c = (yhat - y) / B:  dR_h[:, d] += -c s,  sbar = -c R_h[:, d],  ubar = (sbar C^T) C,
+    dP_h += a^T ubar."""
+    batch, n_tokens, d = inputs.shape
+    dim, n_heads = d + 1, p.shape[1]
+    n_attended = n_tokens if include_query else n_tokens - 1
+    dtype = p.dtype
+    yhat = np.zeros(batch, dtype)
+    targets = np.zeros(batch, dtype)
+    n_chunks = min(N_CHUNKS, batch)
+    d_p = np.zeros((n_chunks, n_heads, dim, dim), dtype)
+    d_r = np.zeros((n_chunks, n_heads, dim), dtype)
+    for chunk in prange(n_chunks):
+        e = np.zeros((n_tokens, dim), dtype)
+        u = np.zeros((n_heads, dim), dtype)
+        s = np.zeros((n_heads, dim), dtype)
+        dots = np.zeros(n_tokens, dtype)
+        sbar = np.zeros(dim, dtype)
+        ubar = np.zeros(dim, dtype)
+        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
+            for row in range(n_tokens):
+                label = 0.0
+                for k in range(d):
+                    e[row, k] = inputs[b, row, k]
+                    label += inputs[b, row, k] * weights[b, k]
+                e[row, d] = label if row < n_tokens - 1 else 0.0
+            targets[b] = label  # the last row's: w . x_q
+            q = e[n_tokens - 1]
+            out = 0.0
+            for h in range(n_heads):
+                for j in range(dim):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += q[k] * p[0, h, k, j]
+                    u[h, j] = acc
+                for row in range(n_attended):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += u[h, k] * e[row, k]
+                    dots[row] = acc
+                for k in range(dim):
+                    acc = 0.0
+                    for row in range(n_attended):
+                        acc += dots[row] * e[row, k]
+                    s[h, k] = acc
+                    out += acc * r[0, h, k, d]
+            yhat[b] = -(q[d] + out)
+            c = (yhat[b] - targets[b]) / batch
+            for h in range(n_heads):
+                for k in range(dim):
+                    d_r[chunk, h, k] -= c * s[h, k]
+                    sbar[k] = -c * r[0, h, k, d]
+                for row in range(n_attended):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += sbar[k] * e[row, k]
+                    dots[row] = acc
+                for k in range(dim):
+                    acc = 0.0
+                    for row in range(n_attended):
+                        acc += dots[row] * e[row, k]
+                    ubar[k] = acc
+                for i in range(dim):
+                    for j in range(dim):
+                        d_p[chunk, h, i, j] += q[i] * ubar[j]
+    full_d_r = np.zeros((1, n_heads, dim, dim), dtype)
+    full_d_r[0, :, :, d] = d_r.sum(axis=0)
+    return yhat, d_p.sum(axis=0).reshape((1, n_heads, dim, dim)), full_d_r, targets
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
 def _layer_maps(tokens, include_query, p, r, slots):
     """Every layer's M_l (B, K, D, D), for ``forward``: E_{l+1} = E_l M_l."""
     batch, n_tokens, dim = tokens.shape
@@ -417,7 +492,10 @@ class NumbaBackend(HostBackend):
             return super().sample_loss_and_grad(cfg, task, params, batch_size, rng)
         weights, inputs = task.draw_weights_and_inputs(batch_size, rng)
         p, r, slots, prefixes = _products(cfg, params)
-        yhat, d_p, d_r, targets = _sampled_grad_pass(weights, inputs, cfg.include_query, p, r, slots)
+        if cfg.n_layers == 1:
+            yhat, d_p, d_r, targets = _one_layer_sampled_grad_pass(weights, inputs, cfg.include_query, p, r)
+        else:
+            yhat, d_p, d_r, targets = _sampled_grad_pass(weights, inputs, cfg.include_query, p, r, slots)
         return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
 
 
