@@ -1,11 +1,11 @@
 """iclgd: transformers learn in context by gradient descent, executable and checkable.
 
-Public API (see DESIGN.md): tasks, the LSA model, backends, the GD construction and baselines.
+Public API (see DESIGN.md): tasks, the LSA model, backends, the GD and GD++ constructions and baselines.
 Importing iclgd imports NumPy only; optional engines load when their backend is asked for.
 """
 from iclgd import baselines
 from iclgd.backends import available_backends, get_backend
-from iclgd.construct import gd_construction, with_initial_guess
+from iclgd.construct import gd_construction, gdpp_construction, with_initial_guess
 from iclgd.models import LSAConfig, init_params, param_shapes, zero_params
 from iclgd.tasks import Batch, LinearRegressionTask
 
@@ -18,6 +18,7 @@ __all__ = [
     "available_backends",
     "baselines",
     "gd_construction",
+    "gdpp_construction",
     "get_backend",
     "init_params",
     "param_shapes",

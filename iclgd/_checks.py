@@ -12,22 +12,22 @@ import numpy as np
 FLOAT_DTYPES = ("float32", "float64")
 
 
+def _int_at_least(name: str, value: object, minimum: int, kind: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a {kind} integer; got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be a {kind} integer (>= {minimum}); got {value}")
+    return int(value)
+
+
 def positive_int(name: str, value: object) -> int:
     """Return ``value`` as an int, or raise if it is not an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a positive integer; got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1); got {value}")
-    return int(value)
+    return _int_at_least(name, value, 1, "positive")
 
 
 def nonnegative_int(name: str, value: object) -> int:
     """Return ``value`` as an int, or raise if it is not an integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a non-negative integer; got {value!r} ({type(value).__name__})")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative integer (>= 0); got {value}")
-    return int(value)
+    return _int_at_least(name, value, 0, "non-negative")
 
 
 def finite_float(name: str, value: object, *, positive: bool = False, nonnegative: bool = False) -> float:

@@ -7,6 +7,16 @@ Gradient descent on the context loss ``L(W) = 1/(2N) sum_i (W x_i - y_i)^2`` fro
 
     W_{t+1} = W_t - (eta / N) sum_i (W_t x_i - y_i) x_i^T,     prediction  W_K x_q.
 
+GD++ (von Oswald et al. 2023, Sec. 4), the curvature-corrected variant that the LSA of
+``iclgd.gdpp_construction`` runs: every token j (context and query) is updated from the
+step's old tokens,
+
+    x_j <- x_j - (gamma / N) sum_i (x_i . x_j) x_i,
+    y_j <- y_j + (eta / N)   sum_i (x_i . x_j) (W_0 x_i - y_i),
+
+from the query (x_q, -W_0 x_q); the prediction after K steps is minus the query's y-slot.
+gamma is divided by N like eta (our normalisation).  gamma = 0 is K GD steps.
+
 One-step optimum (the task family of iclgd.tasks, no distractors): with per-coordinate
 moments ``s2 = E x^2 = a^2 / 3`` and ``m4 = E x^4 = a^4 / 5``, prior ``w ~ N(0, sw^2 I)``
 and label noise ``sigma^2``, the expected squared error of one GD step from W_0 = 0 is
@@ -68,6 +78,36 @@ def gd_predict(tokens: object, eta: float, steps: int = 1, w0: object = None) ->
     """Prediction W_K x_q (B,) of ``steps`` GD steps from ``w0`` (default 0) on each context."""
     _, _, x_query = split_tokens(tokens)
     return np.einsum("bd,bd->b", gd_weights(tokens, eta, steps, w0), x_query)
+
+
+def gdpp_predict(tokens: object, eta: float, gamma: float, steps: int = 1, w0: object = None) -> np.ndarray:
+    """Prediction (B,) of ``steps`` GD++ steps with rates ``eta`` (labels) and ``gamma`` (inputs)
+    from ``w0`` (default 0; (d,) or (B, d)) on each context, computed directly (module doc):
+
+        x_j <- x_j - (gamma / N) sum_i (x_i . x_j) x_i
+        y_j <- y_j + (eta / N)   sum_i (x_i . x_j) (W0 x_i - y_i)
+
+    for the N context tokens and the query, which starts as (x_q, -W0 x_q); returns minus the
+    query's final y-slot.  gamma is divided by N like eta; gamma = 0 gives ``gd_predict``.
+    """
+    x, y, x_query = split_tokens(tokens)
+    eta = finite_float("eta", eta)
+    gamma = finite_float("gamma", gamma)
+    steps = nonnegative_int("steps", steps)
+    batch_size, n_context, d = x.shape
+    w0 = _initial_weights(w0, batch_size, d)
+    y_query = -np.einsum("bd,bd->b", x_query, w0)
+    for _ in range(steps):
+        gram = x @ x.swapaxes(-1, -2)  # (B, N, N): x_i . x_j
+        query_gram = np.einsum("bnd,bd->bn", x, x_query)  # (B, N): x_i . x_q
+        residual = np.einsum("bnd,bd->bn", x, w0) - y  # W0 x_i - y_i, from the old tokens
+        x, x_query, y, y_query = (
+            x - (gamma / n_context) * (gram @ x),
+            x_query - (gamma / n_context) * np.einsum("bn,bnd->bd", query_gram, x),
+            y + (eta / n_context) * np.einsum("bij,bj->bi", gram, residual),
+            y_query + (eta / n_context) * np.einsum("bn,bn->b", query_gram, residual),
+        )
+    return -y_query
 
 
 def ridge_weights(tokens: object, ridge: float) -> np.ndarray:
