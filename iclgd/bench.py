@@ -19,7 +19,6 @@ a forward pass sums them over layers and heads, and backward counts twice the fo
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import time
 from pathlib import Path
@@ -28,11 +27,12 @@ import numpy as np
 
 from iclgd import runio
 from iclgd.backends import available_backends, get_backend
-from iclgd.backends.training import batch_rng
+from iclgd.checks import relative_error
 from iclgd.config import RunConfig
 from iclgd.models import LSAConfig, init_params
 from iclgd.tasks import LinearRegressionTask
-from iclgd.train import TrainConfig, initial_state
+from iclgd.config import TrainConfig
+from iclgd.backends.training import initial_state
 
 OPERATIONS = ("forward", "forward+backward", "train step")
 
@@ -67,13 +67,10 @@ def median_seconds(fn, repeats: int, warmup: int) -> float:
 
 
 def _relative_deviation(ours, truth) -> float:
+    """max |ours - truth| / max |truth| (over every parameter for dicts)."""
     if isinstance(truth, dict):
-        num = max(float(np.max(np.abs(np.asarray(ours[k], np.float64) - truth[k]))) for k in truth)
-        den = max(float(np.max(np.abs(truth[k]))) for k in truth)
-    else:
-        num = float(np.max(np.abs(np.asarray(ours, np.float64) - truth)))
-        den = float(np.max(np.abs(truth)))
-    return num / max(den, 1e-300)
+        return relative_error(ours, truth)
+    return float(np.max(np.abs(np.asarray(ours, np.float64) - truth)) / max(float(np.max(np.abs(truth))), 1e-300))
 
 
 def run_config(n_layers: int, dtype: str, backend: str, batch_size: int) -> RunConfig:
@@ -165,5 +162,3 @@ def write(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
     runio.atomic_write_text(md_path, markdown(results))
     return json_path, md_path
 
-
-__all__ = ["run", "markdown", "write", "naive_forward_flops", "batch_rng"]

@@ -65,11 +65,22 @@ def _reproduce(args: argparse.Namespace) -> int:
         steps=args.steps, seed=args.seed, x_scale=args.x_scale, backend=args.backend, val_tasks=args.val_tasks,
         sampler=args.sampler,
     )
-    setting.run_config()  # validate everything before DIR is touched
-    results = one_layer.run(args.out, setting, quiet=args.quiet)
+    results = one_layer.run(args.out, setting, quiet=args.quiet)  # the setting validated itself
     print(one_layer.table(results))
     print(f"\nwrote {args.out}/results.json, report.md, params.npz and {len(results['figures'])} figures")
-    return 0
+    return 0 if all(row[3] for row in one_layer.comparison_rows(results)) else 1
+
+
+def _x_scale(text: str) -> float:
+    from iclgd.tasks import resolve_x_scale
+
+    try:
+        return resolve_x_scale(float(text))
+    except ValueError:
+        try:
+            return resolve_x_scale(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--sampler", default="numpy", help="numpy (host; the same tasks on every backend) or jax")
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--steps", type=int, default=5000)
-    one.add_argument("--x-scale", type=float, default=1.0, help="inputs ~ U(-a, a); 1 = paper's text, 0.5 = authors' code")
+    one.add_argument("--x-scale", type=_x_scale, default=1.0,
+                     help="a in x ~ U(-a, a): a number, 'paper' (1) or 'authors_code' (0.5)")
     one.add_argument("--val-tasks", type=int, default=10_000)
     one.add_argument("--quiet", action="store_true")
     one.set_defaults(run=_reproduce)

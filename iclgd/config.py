@@ -2,7 +2,7 @@
 
     [task]   fields of iclgd.LinearRegressionTask (d, n_context, x_scale, ...)
     [model]  fields of iclgd.LSAConfig; d and n_context default to the task's
-    [train]  fields of iclgd.train.TrainConfig (steps, batch_size, lr, seed, checkpoint_every, backend, ...)
+    [train]  fields of TrainConfig below (steps, batch_size, lr, seed, checkpoint_every, backend, ...)
 
 Every error names the file, the table and key, and the reason; nothing is written anywhere
 while reading.
@@ -20,9 +20,83 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from iclgd._checks import finite_float, nonnegative_int, positive_int
+from iclgd.backends import available_backends
 from iclgd.models import LSAConfig
+from iclgd.optim import SCHEDULES, AdamConfig
 from iclgd.tasks import LinearRegressionTask
-from iclgd.train import TrainConfig
+
+
+SAMPLERS = ("numpy", "jax")
+
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. lr 1e-3 and batch 2048 are the paper's settings for < 3 layers
+    (it used 5e-4 for deeper models). clip_norm = 0 turns clipping off.
+
+    sampler: "numpy" - batch t is ``task.sample(batch_size, batch_rng(seed, t))`` on the host, the
+    same numbers on every backend; "jax" - drawn inside the jax backend's jitted step from
+    ``jax.random.fold_in(PRNGKey(seed), t)`` (another stream: fast, for full-scale runs)."""
+
+    steps: int = 5000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    backend: str = "numpy"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 10.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    init_scale: float = 0.002
+    sampler: str = "numpy"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            set_(self, name, positive_int(name, getattr(self, name)))
+        for name in ("seed", "warmup_steps"):
+            set_(self, name, nonnegative_int(name, getattr(self, name)))
+        if self.seed >= 2**63:
+            raise ValueError(f"seed must be < 2**63; got {self.seed}")
+        set_(self, "lr", finite_float("lr", self.lr, positive=True))
+        for name in ("beta1", "beta2"):
+            value = finite_float(name, getattr(self, name))
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {value}")
+            set_(self, name, value)
+        set_(self, "eps", finite_float("eps", self.eps, positive=True))
+        set_(self, "clip_norm", finite_float("clip_norm", self.clip_norm, nonnegative=True))
+        set_(self, "init_scale", finite_float("init_scale", self.init_scale, nonnegative=True))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {self.schedule!r}")
+        if self.warmup_steps > 0 and self.schedule != "warmup_cosine":
+            raise ValueError(f"warmup_steps is used by schedule 'warmup_cosine' only; got {self.warmup_steps} with {self.schedule!r}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps must be <= steps = {self.steps}; got {self.warmup_steps}")
+        if self.backend not in available_backends():
+            raise ValueError(f"backend must be one of {available_backends()}; got {self.backend!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}; got {self.sampler!r}")
+        if self.sampler == "jax" and self.backend != "jax":
+            raise ValueError(f"sampler 'jax' draws batches inside the jax backend's compiled step; got backend {self.backend!r}")
+
+    def adam(self) -> AdamConfig:
+        return AdamConfig(
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            clip_norm=self.clip_norm or None,
+            schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.steps,
+        )
 
 
 class ConfigError(ValueError):

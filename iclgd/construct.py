@@ -164,7 +164,7 @@ def gdpp_construction(
 def with_initial_guess(tokens: object, w0: object) -> np.ndarray:
     """A copy of ``tokens`` with the query's y-slot set to ``-w0 . x_q``, the start state the
     construction needs for GD (or GD++) from ``w0`` ((d,) or (B, d))."""
-    tokens = finite_array("tokens", tokens, ndim=3).copy()
+    tokens = finite_array("tokens", tokens, ndim=3).astype(np.float64)  # a float copy
     if tokens.shape[0] < 1 or tokens.shape[1] < 2 or tokens.shape[2] < 2:
         raise ValueError(f"tokens must have shape (B, N + 1, d + 1) with B, N, d >= 1; got {tokens.shape}")
     d = tokens.shape[2] - 1

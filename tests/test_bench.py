@@ -2,7 +2,6 @@
 import json
 
 from iclgd import bench
-from iclgd.cli import main
 
 
 def test_bench_reports_every_operation_with_timings_and_oracle_deviation(tmp_path):
@@ -25,16 +24,3 @@ def test_naive_flop_count_of_the_papers_one_layer_step():
 
     forward = bench.naive_forward_flops(LSAConfig(d=10), batch_size=2048, n_context=10)
     assert forward == 2 * 2048 * (11 * 11 * 11 * 2 + 10 * 11 * 11 * 2 + 11 * 10 * 11 * 2)
-
-
-def test_train_with_seeds_writes_one_run_per_seed_equal_to_single_runs(tmp_path):
-    config = tmp_path / "run.toml"
-    config.write_text("[task]\nd = 3\nn_context = 4\n[train]\nsteps = 20\nbatch_size = 16\ncheckpoint_every = 10\nseed = 5\n")
-    assert main(["train", "--config", str(config), "--out", str(tmp_path / "many"), "--seeds", "3", "--quiet"]) == 0
-    for seed in (5, 6, 7):
-        single = config.with_name(f"single{seed}.toml")
-        single.write_text(config.read_text().replace("seed = 5", f"seed = {seed}"))
-        assert main(["train", "--config", str(single), "--out", str(tmp_path / f"one{seed}"), "--quiet"]) == 0
-        many = (tmp_path / "many" / f"seed_{seed}" / "checkpoints" / "step_00000020.npz").read_bytes()
-        one = (tmp_path / f"one{seed}" / "checkpoints" / "step_00000020.npz").read_bytes()
-        assert many == one

@@ -15,13 +15,16 @@ KEYS = ["trained_loss", "gd_loss", "gd_eta", "optimal_eta", "optimal_loss", "pre
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("one-layer")
-    code = main(["reproduce", "one-layer", "--out", str(out), "--steps", "300", "--val-tasks", "2000", "--quiet", "--x-scale", "0.5"])
+    code = main(["reproduce", "one-layer", "--out", str(out), "--steps", "300", "--val-tasks", "2000", "--quiet", "--x-scale", "authors_code"])
     return code, out
 
 
-def test_quick_reproduce_exits_zero_and_writes_every_file(quick_run):
+def test_quick_reproduce_writes_every_file_and_exits_1_exactly_when_a_claim_fails(quick_run):
     code, out = quick_run
-    assert code == 0
+    from iclgd.experiments.one_layer import comparison_rows
+
+    results = json.loads((out / "results.json").read_text())
+    assert code == (0 if all(row[3] for row in comparison_rows(results)) else 1)
     for name in ["config.toml", "metrics.jsonl", "results.json", "params.npz", "report.md", "loss.png", "alignment.png", "ood.png"]:
         assert (out / name).is_file(), name
     assert runio.list_checkpoints(out)[-1][0] == 300
@@ -62,6 +65,13 @@ def test_report_compares_with_the_papers_statements(quick_run):
 def test_rerunning_reproduce_on_a_finished_directory_does_not_retrain(quick_run):
     _, out = quick_run
     before = runio.load_npz(runio.list_checkpoints(out)[-1][1])
-    assert main(["reproduce", "one-layer", "--out", str(out), "--steps", "300", "--val-tasks", "2000", "--quiet", "--x-scale", "0.5"]) == 0
+    main(["reproduce", "one-layer", "--out", str(out), "--steps", "300", "--val-tasks", "2000", "--quiet", "--x-scale", "0.5"])
     after = runio.load_npz(runio.list_checkpoints(out)[-1][1])
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_bad_setting_is_rejected_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["reproduce", "one-layer", "--out", str(out), "--val-tasks", "1", "--quiet"]) == 2
+    assert not out.exists()
+    assert "val_tasks must be >= 2" in capsys.readouterr().err

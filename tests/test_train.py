@@ -16,7 +16,7 @@ import iclgd
 from iclgd import runio
 from iclgd.config import RunConfig, load_run_config, run_config_from_dict
 from iclgd.optim import AdamConfig, AdamState, adam_update, global_norm
-from iclgd.train import TrainConfig, TrainingDiverged, load_checkpoint, train
+from iclgd.train import StepRecord, TrainingDiverged, load_checkpoint, train
 
 SMALL = {"task": {"d": 3, "n_context": 5}, "model": {"n_layers": 2, "n_heads": 2}}
 
@@ -195,29 +195,112 @@ def test_a_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
 
 
 def test_a_run_killed_in_the_middle_of_a_checkpoint_write_resumes_bit_for_bit(tmp_path):
-    """The process dies after half of the third checkpoint's bytes reached the temp file."""
+    """The real atomic writer is stopped between writing the third checkpoint's temp file and
+    renaming it: the temp file is cut to half its bytes and the process SIGKILLed."""
     config_path = tmp_path / "run.toml"
     config_path.write_text(CONFIG_TOML)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert _start(["train", "--config", str(config_path), "--out", str(whole), "--quiet"]).wait(120) == 0
     die_mid_write = """
         import os, signal
-        from iclgd import runio
-        real_write, calls = runio.atomic_write_bytes, []
-        def dying_write(path, data):
-            if path.suffix == ".npz":
-                calls.append(path)
-                if len(calls) == 3:
-                    with open(str(path) + ".partial.tmp", "wb") as f:
-                        f.write(data[: len(data) // 2])
-                    with open(path.with_name(".%s.x.tmp" % path.name), "wb") as f:
-                        f.write(data[: len(data) // 2])
+        real_replace, renames = os.replace, []
+        def dying_replace(src, dst):
+            if str(dst).endswith(".npz"):
+                renames.append(dst)
+                if len(renames) == 3:
+                    with open(src, "r+b") as f:
+                        f.truncate(os.path.getsize(src) // 2)
                     os.kill(os.getpid(), signal.SIGKILL)
-            real_write(path, data)
-        runio.atomic_write_bytes = dying_write
+            real_replace(src, dst)
+        os.replace = dying_replace
     """
     process = _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"], die_mid_write)
     assert process.wait(60) == -signal.SIGKILL
     assert [s for s, _ in runio.list_checkpoints(killed)] == [0, 20]
+    assert list((killed / "checkpoints").glob(".step_00000040.npz.*.tmp")), "the torn temp file is left behind"
     assert _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"]).wait(120) == 0
     assert_same_state(_final_state(whole), _final_state(killed))
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path):
+    config = small_config()
+    whole = train(tmp_path / "whole", config)
+    damaged = tmp_path / "damaged"
+    train(damaged, config)
+    for step, path in runio.list_checkpoints(damaged):
+        if step > 30:
+            path.unlink()
+    newest = runio.list_checkpoints(damaged)[-1][1]
+    newest.write_bytes(newest.read_bytes()[:100])  # as a failing disk might leave it
+    resumed = train(damaged, config)
+    assert_same_state(whole, resumed)
+
+
+def test_run_files_get_the_usual_permissions(tmp_path):
+    train(tmp_path, small_config(steps=10))
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.toml", "metrics.jsonl", "checkpoints/step_00000010.npz"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_train_with_seeds_writes_one_run_per_seed_equal_to_single_runs(tmp_path):
+    from iclgd.cli import main
+
+    config = tmp_path / "run.toml"
+    config.write_text("[task]\nd = 3\nn_context = 4\n[train]\nsteps = 20\nbatch_size = 16\ncheckpoint_every = 10\nseed = 5\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "many"), "--seeds", "3", "--quiet"]) == 0
+    for seed in (5, 6, 7):
+        single = config.with_name(f"single{seed}.toml")
+        single.write_text(config.read_text().replace("seed = 5", f"seed = {seed}"))
+        assert main(["train", "--config", str(single), "--out", str(tmp_path / f"one{seed}"), "--quiet"]) == 0
+        many = (tmp_path / "many" / f"seed_{seed}" / "checkpoints" / "step_00000020.npz").read_bytes()
+        one = (tmp_path / f"one{seed}" / "checkpoints" / "step_00000020.npz").read_bytes()
+        assert many == one
+
+
+class PoisonedSeed:
+    """The numpy backend, except that one seed's trainer reports a NaN loss from step 10 on."""
+
+    name = "numpy"
+
+    def __init__(self, bad_seed):
+        self.inner, self.bad_seed = iclgd.get_backend("numpy"), bad_seed
+
+    def trainer(self, config):
+        trainer = self.inner.trainer(config)
+        if config.train.seed != self.bad_seed:
+            return trainer
+
+        class Poisoned:
+            def advance(self, state, n_steps):
+                new_state, records = trainer.advance(state, n_steps)
+                if state.step >= 10:
+                    last = records[-1]
+                    records[-1] = StepRecord(last.step, float("nan"), last.lr, last.grad_norm)
+                return new_state, records
+
+        return Poisoned()
+
+
+def test_a_diverging_seed_stops_alone_and_the_others_finish(tmp_path):
+    from iclgd.train import train_seeds
+
+    configs = [small_config(seed=s, steps=30) for s in (0, 1, 2)]
+    dirs = [tmp_path / f"s{s}" for s in (0, 1, 2)]
+    with pytest.raises(TrainingDiverged, match=r"s1: training stopped at step 1\d.*last good checkpoint is .*step_00000010\.npz"):
+        train_seeds(dirs, configs, backend=PoisonedSeed(bad_seed=1))
+    assert [s for s, _ in runio.list_checkpoints(dirs[1])][-1] == 10
+    for healthy in (dirs[0], dirs[2]):
+        assert runio.list_checkpoints(healthy)[-1][0] == 30
+
+
+def test_train_seeds_rejects_mismatched_or_repeated_inputs(tmp_path):
+    from iclgd.train import train_seeds
+
+    config = small_config()
+    with pytest.raises(ValueError, match="one run directory per config"):
+        train_seeds([tmp_path / "a"], [config, config])
+    with pytest.raises(ValueError, match="distinct seeds"):
+        train_seeds([tmp_path / "a", tmp_path / "b"], [config, config])
+    assert not (tmp_path / "a").exists()

@@ -9,7 +9,10 @@ A backend has ``name`` and, with the same signatures and NumPy arrays in and out
 """
 from __future__ import annotations
 
+import numpy as np
+
 from iclgd.backends.training import HostTrainer
+from iclgd.models import check_batch, check_targets
 
 
 class HostBackend:
@@ -18,6 +21,13 @@ class HostBackend:
     sampling with the gradient, as long as it draws the same numbers."""
 
     name = "host"
+
+    def loss(self, cfg, params, batch) -> float:
+        """Half-MSE 0.5 * mean_b (yhat_b - y_b)^2 of ``predict``."""
+        check_batch(batch)
+        yhat = self.predict(cfg, params, batch.tokens)
+        targets = check_targets(cfg, batch.targets, yhat.shape[0])
+        return float(0.5 * np.mean((yhat - targets) ** 2))
 
     def sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
         """(loss, grads) on a fresh batch ``task.sample(batch_size, rng)``."""

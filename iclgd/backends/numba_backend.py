@@ -36,9 +36,8 @@ from numba import njit, prange
 from iclgd.backends.base import HostBackend
 from iclgd.models import LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
 
-N_CHUNKS = 32
-# reassociation (vectorised sums) and fused multiply-adds; NaN and inf still propagate
-FAST = {"reassoc", "contract"}  # fixed partition of the batch: results are the same on any number of threads
+N_CHUNKS = 32  # fixed partition of the batch: results are the same on any number of threads
+FAST = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; NaN and inf still propagate
 
 MODE_PREDICT, MODE_GRAD, MODE_SENSITIVITY = 0, 1, 2
 
@@ -467,12 +466,6 @@ class NumbaBackend(HostBackend):
         dummy = np.zeros(tokens.shape[0], tokens.dtype)
         return self._run(cfg, params, tokens, dummy, MODE_PREDICT)[0]
 
-    def loss(self, cfg: LSAConfig, params: dict, batch) -> float:
-        check_batch(batch)
-        yhat = self.predict(cfg, params, batch.tokens)
-        targets = check_targets(cfg, batch.targets, yhat.shape[0])
-        return float(0.5 * np.mean((yhat - targets) ** 2))
-
     def loss_and_grad(self, cfg: LSAConfig, params: dict, batch) -> tuple[float, dict[str, np.ndarray]]:
         check_batch(batch)
         params, tokens = check_params(cfg, params), check_tokens(cfg, batch.tokens)
@@ -486,9 +479,9 @@ class NumbaBackend(HostBackend):
         return self._run(cfg, params, tokens, dummy, MODE_SENSITIVITY)[3][:, :-1]
 
     def sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
-        """Noise-free tasks: the same draws as ``task.sample`` (w, then x), with labels, tokens
-        and the gradient built in one compiled pass; other tasks go through ``task.sample``."""
-        if task.noise_std > 0 or task.n_distractors > 0:
+        """Noise-free float64 tasks: the same draws as ``task.sample`` (w, then x), with labels,
+        tokens and the gradient built in one compiled pass; other tasks go through ``task.sample``."""
+        if task.noise_std > 0 or task.n_distractors > 0 or task.dtype != "float64":
             return super().sample_loss_and_grad(cfg, task, params, batch_size, rng)
         weights, inputs = task.draw_weights_and_inputs(batch_size, rng)
         p, r, slots, prefixes = _products(cfg, params)

@@ -152,13 +152,6 @@ class NumpyBackend(HostBackend):
         params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
         return _read_out(_forward(cfg, params, tokens, QUERY_ROW)[0][-1])
 
-    def loss(self, cfg: LSAConfig, params: dict, batch: Batch) -> float:
-        """Half-MSE 0.5 * mean_b (yhat_b - y_b)^2."""
-        check_batch(batch)
-        yhat = self.predict(cfg, params, batch.tokens)
-        targets = check_targets(cfg, batch.targets, yhat.shape[0])
-        return float(0.5 * np.mean((yhat - targets) ** 2))
-
     def loss_and_grad(self, cfg: LSAConfig, params: dict, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
         """The half-MSE and its gradient with respect to every parameter (a dict like params)."""
         check_batch(batch)

@@ -24,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from iclgd import baselines, metrics, plots, runio
+from iclgd import baselines, plots, runio
+from iclgd._checks import positive_int
 from iclgd.backends import get_backend
 from iclgd.config import RunConfig
 from iclgd.construct import gd_construction
 from iclgd.evaluate import compare_with_gd, input_scale_sweep, interpolation_sweep, stream, tune_gd_eta, validation_batch
 from iclgd.models import LSAConfig
 from iclgd.tasks import X_SCALES, LinearRegressionTask
-from iclgd.train import TrainConfig, load_checkpoint, train
+from iclgd.config import TrainConfig
+from iclgd.train import load_checkpoint, train
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,15 @@ class OneLayerSetting:
     backend: str = "numpy"
     sampler: str = "numpy"
     val_tasks: int = 10_000
+    tune_tasks: int = 100_000  # GD's line search: the one-step loss is a parabola in eta, so it is cheap
     n_curve_points: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("val_tasks", "tune_tasks"):
+            if positive_int(name, getattr(self, name)) < 2:
+                raise ValueError(f"{name} must be >= 2 (a standard error needs two tasks); got {getattr(self, name)}")
+        positive_int("n_curve_points", self.n_curve_points)
+        self.run_config()  # validates the task, model and training settings
 
     def run_config(self) -> RunConfig:
         task = LinearRegressionTask(d=10, n_context=10, x_scale=self.x_scale)
@@ -83,7 +93,7 @@ def run(out_dir: str | Path, setting: OneLayerSetting, quiet: bool = False) -> d
 
     started = time.perf_counter()
     task, cfg = config.task, config.model
-    gd_eta = tune_gd_eta(task.sample(setting.val_tasks, stream(setting.seed, "line_search")))
+    gd_eta = tune_gd_eta(task.sample(setting.tune_tasks, stream(setting.seed, "line_search")))
     optimum = baselines.one_step_optimum(task.d, task.n_context, task.x_scale)
     batch = validation_batch(task, setting.val_tasks, setting.seed)
     tuned = compare_with_gd(backend, cfg, state.params, batch, gd_eta)
