@@ -454,7 +454,7 @@ def step3_train(t: Transcript, checks: Checks, s: Settings, run_dir: Path) -> tu
         The library's loop takes a RunConfig with three parts (task, model, train) and a run
         directory: iclgd.train.train(run_dir, config) writes config.toml, metrics.jsonl and
         checkpoints there, resumes from the newest checkpoint if one exists, and returns the
-        final state (step, params, optimiser state, data generator). The config as it is
+        final state (step, params, optimiser state, data-stream position). The config as it is
         written to {run_dir / 'config.toml'}:
     """)
     t.out(textwrap.indent(run_config_to_toml(config).rstrip(), "    "))
