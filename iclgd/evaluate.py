@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd import baselines, metrics
+from iclgd._checks import positive_int
 from iclgd.interpolate import interpolate
 from iclgd.models import LSAConfig
 from iclgd.tasks import Batch, LinearRegressionTask
@@ -42,6 +43,7 @@ def gd_loss(tokens: np.ndarray, targets: np.ndarray, eta: float, steps: int) -> 
 
 def tune_gd_eta(batch: Batch, steps: int = 1) -> float:
     """The step size minimising GD's half-MSE on ``batch`` (see module doc)."""
+    steps = positive_int("steps", steps)
     x, y, x_query = baselines.split_tokens(batch.tokens)
     per_unit_eta = np.einsum("bn,bnd,bd->b", y, x, x_query) / x.shape[1]
     eta_one_step = float(np.dot(per_unit_eta, batch.targets) / np.dot(per_unit_eta, per_unit_eta))
@@ -51,7 +53,8 @@ def tune_gd_eta(batch: Batch, steps: int = 1) -> float:
     losses = np.array([gd_loss(batch.tokens, batch.targets, eta, steps) for eta in grid])
     losses[~np.isfinite(losses)] = np.inf
     best = int(np.argmin(losses))
-    low, high = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
+    low = grid[best - 1] if best > 0 else 0.0  # the bracket around the best grid rate
+    high = grid[min(best + 1, grid.size - 1)]
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
     for _ in range(40):
         left, right = high - ratio * (high - low), low + ratio * (high - low)

@@ -21,7 +21,7 @@ import iclgd  # noqa: E402
 from iclgd import runio  # noqa: E402
 from iclgd.config import run_config_from_dict  # noqa: E402
 from iclgd.optim import AdamConfig, AdamState  # noqa: E402
-from iclgd.train import initial_state, train  # noqa: E402
+from iclgd.train import initial_state, load_checkpoint, train  # noqa: E402
 
 numpy_backend = iclgd.get_backend("numpy")
 jax_backend = iclgd.get_backend("jax")
@@ -210,6 +210,22 @@ def test_vmapped_seeds_equal_single_seed_runs(sampler):
         assert params_relative(state.params, alone.params) <= 1e-12
         assert params_relative(state.adam.v, alone.adam.v) <= 1e-12
         assert [r.loss for r in first + second] == pytest.approx([r.loss for r in alone_records], rel=1e-12)
+
+
+def test_iclgd_train_seeds_runs_the_vmapped_program_and_matches_single_runs(tmp_path):
+    from iclgd.cli import main
+
+    config = tmp_path / "run.toml"
+    config.write_text('[task]\nd = 3\nn_context = 4\n[train]\nsteps = 20\nbatch_size = 16\n'
+                      'checkpoint_every = 10\nseed = 5\nbackend = "jax"\nsampler = "jax"\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "many"), "--seeds", "2", "--quiet"]) == 0
+    for seed in (5, 6):
+        single = config.with_name(f"single{seed}.toml")
+        single.write_text(config.read_text().replace("seed = 5", f"seed = {seed}"))
+        assert main(["train", "--config", str(single), "--out", str(tmp_path / f"one{seed}"), "--quiet"]) == 0
+        many = load_checkpoint(tmp_path / "many" / f"seed_{seed}" / "checkpoints" / "step_00000020.npz", "float64")
+        one = load_checkpoint(tmp_path / f"one{seed}" / "checkpoints" / "step_00000020.npz", "float64")
+        assert params_relative(many.params, one.params) <= 1e-12
 
 
 # --- the jax sampler ------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from iclgd.backends.base import HostBackend
-from iclgd.models import LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
+from iclgd.models import WEIGHT_NAMES, LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
 
 N_CHUNKS = 32  # fixed partition of the batch: results are the same on any number of threads
 FAST = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; NaN and inf still propagate
@@ -433,7 +433,7 @@ def _weight_grads(params: dict, prefixes: list[str], d_p: np.ndarray, d_r: np.nd
     """Chain dL/dP, dL/dR to the four weights of every distinct layer."""
     grads = {}
     for slot, x in enumerate(prefixes):
-        w_q, w_k, w_v, w_o = (params[f"{x}.{n}"] for n in ("w_q", "w_k", "w_v", "w_o"))
+        w_q, w_k, w_v, w_o = (params[f"{x}.{n}"] for n in WEIGHT_NAMES)
         grads[f"{x}.w_q"] = d_p[slot] @ w_k
         grads[f"{x}.w_k"] = d_p[slot].swapaxes(-1, -2) @ w_q
         grads[f"{x}.w_v"] = d_r[slot] @ w_o.swapaxes(-1, -2)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iclgd.models import LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
+from iclgd.models import WEIGHT_NAMES, LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
 from iclgd.backends.base import HostBackend
 from iclgd.tasks import Batch
 
@@ -52,7 +52,7 @@ QUERY_ROW = slice(-1, None)
 
 
 def _layer_weights(params: dict, prefix: str) -> tuple[np.ndarray, ...]:
-    return tuple(params[f"{prefix}.{name}"] for name in ("w_q", "w_k", "w_v", "w_o"))
+    return tuple(params[f"{prefix}.{name}"] for name in WEIGHT_NAMES)
 
 
 def _layer_forward(tokens: np.ndarray, weights: tuple, include_query: bool, rows: slice) -> tuple[np.ndarray, _LayerCache]:
@@ -126,7 +126,7 @@ def _backward(cfg: LSAConfig, params: dict, caches: list[_LayerCache], grad_out:
             grad, caches[layer], _layer_weights(params, prefix), want_input_grad or layer > 0, want_weight_grads
         )
         if want_weight_grads:
-            for name, value in zip(("w_q", "w_k", "w_v", "w_o"), weight_grads):
+            for name, value in zip(WEIGHT_NAMES, weight_grads):
                 grads[f"{prefix}.{name}"] += value  # tied layers add up their gradients
     return grad, grads
 
