@@ -26,9 +26,7 @@ from iclgd.models import LSAConfig
 from iclgd.optim import SCHEDULES, AdamConfig
 from iclgd.tasks import LinearRegressionTask
 
-
 SAMPLERS = ("numpy", "jax")
-
 
 
 @dataclass(frozen=True)
