@@ -47,7 +47,7 @@ MODE_PREDICT, MODE_GRAD, MODE_SENSITIVITY = 0, 1, 2
 
 @njit(cache=True, fastmath=FAST)
 def _mm(a, b, out):
-    """out = a @ b."""
+    """out = a @ b (pass a.T or b.T for the transposed products: numba views, no copies)."""
     n, k, m = a.shape[0], a.shape[1], b.shape[1]
     for i in range(n):
         for j in range(m):
@@ -55,40 +55,6 @@ def _mm(a, b, out):
             for t in range(k):
                 acc += a[i, t] * b[t, j]
             out[i, j] = acc
-
-
-@njit(cache=True, fastmath=FAST)
-def _mm_nt(a, b, out):
-    """out = a @ b.T."""
-    n, k, m = a.shape[0], a.shape[1], b.shape[0]
-    for i in range(n):
-        for j in range(m):
-            acc = 0.0
-            for t in range(k):
-                acc += a[i, t] * b[j, t]
-            out[i, j] = acc
-
-
-@njit(cache=True, fastmath=FAST)
-def _mm_tn(a, b, out):
-    """out = a.T @ b."""
-    n, k, m = a.shape[1], a.shape[0], b.shape[1]
-    for i in range(n):
-        for j in range(m):
-            acc = 0.0
-            for t in range(k):
-                acc += a[t, i] * b[t, j]
-            out[i, j] = acc
-
-
-@njit(cache=True, fastmath=FAST)
-def _vm(v, a, out):
-    """out = v @ a (row vector times matrix)."""
-    for j in range(a.shape[1]):
-        acc = 0.0
-        for t in range(a.shape[0]):
-            acc += v[t] * a[t, j]
-        out[j] = acc
 
 
 @njit(cache=True, fastmath=FAST)
@@ -101,7 +67,7 @@ def _mv(a, v, out):
         out[i] = acc
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, inline="always")
 def _gram_apply(e, n_attended, v, out, row_dots):
     """out = v G with G = C^T C, as (v C^T) C: 4 N D flops instead of forming G (N D^2)."""
     dim = e.shape[1]
@@ -117,7 +83,22 @@ def _gram_apply(e, n_attended, v, out, row_dots):
         out[k] = acc
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, inline="always")
+def _task_tokens(inputs, weights, b, e):
+    """Write task b's tokens into e (T, D): rows (x_i, w.x_i), then (x_q, 0), labels summed in
+    float64 as task.sample does; return its target w.x_q."""
+    n_tokens, d = inputs.shape[1], inputs.shape[2]
+    label = 0.0
+    for row in range(n_tokens):
+        label = 0.0
+        for k in range(d):
+            e[row, k] = inputs[b, row, k]
+            label += inputs[b, row, k] * weights[b, k]
+        e[row, d] = label if row < n_tokens - 1 else 0.0
+    return label
+
+
+@njit(cache=True, fastmath=FAST, inline="always")
 def _add_outer(out, u, v):
     """out += u v^T."""
     for i in range(u.shape[0]):
@@ -161,18 +142,18 @@ def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, se
             _mm(t1, r[slot, h], t2)
             m += t2
         _mm(gs[layer], m, t1)
-        _mm_tn(m, t1, gs[layer + 1])
-        _vm(a_rows[layer], m, a_rows[layer + 1])
+        _mm(m.T, t1, gs[layer + 1])
+        _mv(m.T, a_rows[layer], a_rows[layer + 1])
     last = n_layers - 1
     slot = slots[last]
     a = a_rows[last]
     y_out = a[dim - 1]
     for h in range(n_heads):  # query row of the last layer
-        _vm(a, p[slot, h], u[h])
+        _mv(p[slot, h].T, a, u[h])
         if n_layers == 1:
             _gram_apply(e, n_attended, u[h], s[h], row_dots)
         else:
-            _vm(u[h], gs[last], s[h])
+            _mv(gs[last].T, u[h], s[h])  # s = u G
         for t in range(dim):
             y_out += s[h, t] * r[slot, h, t, dim - 1]
     yhat = -y_out
@@ -220,16 +201,16 @@ def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, se
         _mv(m, abar, abar_out)  # abar_out now holds abar_l
         abar[:] = abar_out
         _mm(m, gbar, t1)
-        _mm_nt(t1, m, gbar_new)
+        _mm(t1, m.T, gbar_new)
         for h in range(n_heads):
-            _mm_tn(p[slot, h], mbar, t1)
-            _mm_nt(t1, r[slot, h], gsym)  # gsym reused as scratch: P^T Mbar R^T
+            _mm(p[slot, h].T, mbar, t1)
+            _mm(t1, r[slot, h].T, gsym)  # gsym reused as scratch: P^T Mbar R^T
             gbar_new += gsym
             if mode == MODE_GRAD:
-                _mm_nt(mbar, r[slot, h], t1)
+                _mm(mbar, r[slot, h].T, t1)
                 _mm(t1, g, gsym)
                 d_p[slot, h] += gsym
-                _mm_nt(g, p[slot, h], t1)
+                _mm(g, p[slot, h].T, t1)
                 _mm(t1, mbar, gsym)
                 d_r[slot, h] += gsym
         gbar[:] = gbar_new
@@ -299,14 +280,7 @@ def _sampled_grad_pass(weights, inputs, include_query, p, r, slots):
         sens = np.zeros(dim, p.dtype)
         gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, e[0])
         for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
-            for row in range(n_tokens):
-                label = 0.0
-                for k in range(d):
-                    e[row, k] = inputs[b, row, k]
-                    label += inputs[b, row, k] * weights[b, k]
-                e[row, d] = label if row < n_tokens - 1 else 0.0
-                if row == n_tokens - 1:
-                    targets[b] = label
+            targets[b] = _task_tokens(inputs, weights, b, e)
             yhat[b] = _task_pass(e, n_attended, p, r, slots, MODE_GRAD, targets[b], 1.0 / batch, d_p[chunk], d_r[chunk],
                                  sens, gs, ms, a_rows, u, s, work, vecs)
     return yhat, d_p.sum(axis=0), d_r.sum(axis=0), targets
@@ -337,51 +311,26 @@ def _one_layer_sampled_grad_pass(weights, inputs, include_query, p, r):
         sbar = np.zeros(dim, dtype)
         ubar = np.zeros(dim, dtype)
         for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
-            for row in range(n_tokens):
-                label = 0.0
-                for k in range(d):
-                    e[row, k] = inputs[b, row, k]
-                    label += inputs[b, row, k] * weights[b, k]
-                e[row, d] = label if row < n_tokens - 1 else 0.0
-            targets[b] = label  # the last row's: w . x_q
+            targets[b] = _task_tokens(inputs, weights, b, e)
             q = e[n_tokens - 1]
             out = 0.0
             for h in range(n_heads):
-                for j in range(dim):
-                    acc = 0.0
-                    for k in range(dim):
-                        acc += q[k] * p[0, h, k, j]
-                    u[h, j] = acc
-                for row in range(n_attended):
-                    acc = 0.0
-                    for k in range(dim):
-                        acc += u[h, k] * e[row, k]
-                    dots[row] = acc
+                for j in range(dim):  # u = q P_h (row-major: the inner loop walks a row of P)
+                    u[h, j] = 0.0
                 for k in range(dim):
-                    acc = 0.0
-                    for row in range(n_attended):
-                        acc += dots[row] * e[row, k]
-                    s[h, k] = acc
-                    out += acc * r[0, h, k, d]
+                    for j in range(dim):
+                        u[h, j] += q[k] * p[0, h, k, j]
+                _gram_apply(e, n_attended, u[h], s[h], dots)
+                for k in range(dim):
+                    out += s[h, k] * r[0, h, k, d]
             yhat[b] = -(q[d] + out)
             c = (yhat[b] - targets[b]) / batch
             for h in range(n_heads):
                 for k in range(dim):
                     d_r[chunk, h, k] -= c * s[h, k]
                     sbar[k] = -c * r[0, h, k, d]
-                for row in range(n_attended):
-                    acc = 0.0
-                    for k in range(dim):
-                        acc += sbar[k] * e[row, k]
-                    dots[row] = acc
-                for k in range(dim):
-                    acc = 0.0
-                    for row in range(n_attended):
-                        acc += dots[row] * e[row, k]
-                    ubar[k] = acc
-                for i in range(dim):
-                    for j in range(dim):
-                        d_p[chunk, h, i, j] += q[i] * ubar[j]
+                _gram_apply(e, n_attended, sbar, ubar, dots)
+                _add_outer(d_p[chunk, h], q, ubar)
     full_d_r = np.zeros((1, n_heads, dim, dim), dtype)
     full_d_r[0, :, :, d] = d_r.sum(axis=0)
     return yhat, d_p.sum(axis=0).reshape((1, n_heads, dim, dim)), full_d_r, targets
@@ -413,7 +362,7 @@ def _layer_maps(tokens, include_query, p, r, slots):
                 _mm(t1, r[slots[layer], h], t2)
                 m += t2
             _mm(g, m, t1)
-            _mm_tn(m, t1, g)
+            _mm(m.T, t1, g)
     return maps
 
 
