@@ -55,13 +55,22 @@ def tune_gd_eta(batch: Batch, steps: int = 1) -> float:
     best = int(np.argmin(losses))
     low = grid[best - 1] if best > 0 else 0.0  # the bracket around the best grid rate
     high = grid[min(best + 1, grid.size - 1)]
+    def loss(eta: float) -> float:
+        return gd_loss(batch.tokens, batch.targets, eta, steps)
+
+    # golden-section search: each iteration keeps one interior point and evaluates one new one
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    left, right = high - ratio * (high - low), low + ratio * (high - low)
+    loss_left, loss_right = loss(left), loss(right)
     for _ in range(40):
-        left, right = high - ratio * (high - low), low + ratio * (high - low)
-        if gd_loss(batch.tokens, batch.targets, left, steps) < gd_loss(batch.tokens, batch.targets, right, steps):
-            high = right
+        if loss_left < loss_right:
+            high, right, loss_right = right, left, loss_left
+            left = high - ratio * (high - low)
+            loss_left = loss(left)
         else:
-            low = left
+            low, left, loss_left = left, right, loss_right
+            right = low + ratio * (high - low)
+            loss_right = loss(right)
     return 0.5 * (low + high)
 
 
