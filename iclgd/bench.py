@@ -12,9 +12,15 @@ naive formulation (below; the fast backends do far fewer), and the largest devia
 NumPy oracle on the same inputs (relative to the oracle's largest value; for ``train step``,
 the params after one step from the same state on the same batch, host sampler).
 
-Naive FLOPs of one layer and head, B tasks, T = N + 1 rows, N_k attended rows:
-2 B [T D k (Q) + N_k D k (K) + N_k D v (V) + T N_k k (S) + T N_k v (Z) + T v D (out)];
-a forward pass sums them over layers and heads, and backward counts twice the forward.
+Naive FLOPs (2 per multiply-add) of one layer and head, B tasks, T = N + 1 rows, N_k attended rows:
+
+    forward   2 B [T D k (Q) + N_k D k (K) + N_k D v (V) + T N_k k (S) + T N_k v (Z) + T v D (out)]
+    backward  2 B [T D v (dZ) + T v N_k (dS) + N_k T v (dV) + T N_k k (dQ) + N_k T k (dK)
+                   + T v D (dW_o) + T D k (dW_q) + N_k D k (dW_k) + N_k D v (dW_v)]
+              + 2 B [T k D + N_k k D + N_k v D]  (the gradient to the layer's input; not for layer 0)
+
+summed over layers and heads.  For one layer at B = 2048, N = d = 10 a training step is
+76.8 MFLOP, DESIGN.md's "~77".
 """
 from __future__ import annotations
 
@@ -28,20 +34,24 @@ import numpy as np
 from iclgd import runio
 from iclgd.backends import available_backends, get_backend
 from iclgd.checks import relative_error
-from iclgd.config import RunConfig
+from iclgd.backends.training import initial_state
+from iclgd.config import RunConfig, TrainConfig
 from iclgd.models import LSAConfig, init_params
 from iclgd.tasks import LinearRegressionTask
-from iclgd.config import TrainConfig
-from iclgd.backends.training import initial_state
 
 OPERATIONS = ("forward", "forward+backward", "train step")
 
 
-def naive_forward_flops(cfg: LSAConfig, batch_size: int, n_context: int) -> float:
+def naive_flops(cfg: LSAConfig, batch_size: int, n_context: int) -> tuple[float, float]:
+    """(forward, backward) FLOPs of the naive token-by-token formulation (module doc)."""
     t, dim, k, v = n_context + 1, cfg.token_size, cfg.key_size, cfg.value_size
     n_k = t if cfg.include_query else n_context
-    per_head = 2 * batch_size * (t * dim * k + n_k * dim * k + n_k * dim * v + t * n_k * k + t * n_k * v + t * v * dim)
-    return float(per_head * cfg.n_heads * cfg.n_layers)
+    forward = t * dim * k + n_k * dim * k + n_k * dim * v + t * n_k * k + t * n_k * v + t * v * dim
+    backward = t * dim * v + 2 * t * v * n_k + 2 * t * n_k * k + t * v * dim + t * dim * k + n_k * dim * k + n_k * dim * v
+    input_grad = t * k * dim + n_k * k * dim + n_k * v * dim
+    per_head = 2 * batch_size * cfg.n_heads
+    return (float(per_head * forward * cfg.n_layers),
+            float(per_head * (backward * cfg.n_layers + input_grad * (cfg.n_layers - 1))))
 
 
 def installed_backends() -> list[str]:
@@ -88,16 +98,16 @@ def bench_case(name: str, n_layers: int, dtype: str, batch_size: int, repeats: i
     cfg = config.model
     params = init_params(cfg, seed=0, scale=0.2)  # O(1) predictions through 4 layers
     batch = config.task.sample(batch_size, seed=1)
-    flops = naive_forward_flops(cfg, batch_size, config.task.n_context)
+    forward_flops, backward_flops = naive_flops(cfg, batch_size, config.task.n_context)
     rows = []
 
     seconds = median_seconds(lambda: backend.predict(cfg, params, batch.tokens), repeats, warmup)
     deviation = _relative_deviation(backend.predict(cfg, params, batch.tokens), oracle.predict(cfg, params, batch.tokens))
-    rows.append(("forward", seconds, flops, deviation))
+    rows.append(("forward", seconds, forward_flops, deviation))
 
     seconds = median_seconds(lambda: backend.loss_and_grad(cfg, params, batch), repeats, warmup)
     deviation = _relative_deviation(backend.loss_and_grad(cfg, params, batch)[1], oracle.loss_and_grad(cfg, params, batch)[1])
-    rows.append(("forward+backward", seconds, 3 * flops, deviation))
+    rows.append(("forward+backward", seconds, forward_flops + backward_flops, deviation))
 
     trainer = backend.trainer(config)
     state = initial_state(config)
@@ -106,7 +116,7 @@ def bench_case(name: str, n_layers: int, dtype: str, batch_size: int, repeats: i
     host = dataclasses.replace(config, train=dataclasses.replace(config.train, sampler="numpy"))
     one_step, _ = backend.trainer(host).advance(initial_state(host), 1)
     truth, _ = oracle.trainer(host).advance(initial_state(host), 1)
-    rows.append(("train step", per_step, 3 * flops, _relative_deviation(one_step.params, truth.params)))
+    rows.append(("train step", per_step, forward_flops + backward_flops, _relative_deviation(one_step.params, truth.params)))
     return [
         {"backend": name, "n_layers": n_layers, "dtype": dtype, "operation": op, "batch_size": batch_size,
          "ms": 1e3 * s, "naive_gflops_per_s": f / s / 1e9, "max_rel_deviation_from_oracle": dev}
