@@ -61,26 +61,38 @@ def _initial_weights(w0: object, batch_size: int, d: int) -> np.ndarray:
     raise ValueError(f"w0 must have shape (d,) = ({d},) or (B, d) = ({batch_size}, {d}); got {w0.shape}")
 
 
-def gd_weights(tokens: object, eta: float, steps: int = 1, w0: object = None) -> np.ndarray:
-    """The weights W_K (B, d) after ``steps`` GD steps with rate ``eta`` on each context."""
+def step_rates(name: str, rate: object, steps: int) -> np.ndarray:
+    """A rate per step, (steps,) float64: a number is used for every step, a sequence must have one
+    entry per step (learned per-step rates, iclgd.gd_models)."""
+    if np.ndim(rate) == 0:
+        return np.full(steps, finite_float(name, rate))
+    rate = finite_array(name, rate, ndim=1).astype(np.float64)
+    if rate.shape != (steps,):
+        raise ValueError(f"{name} must be a number or have one entry per step, shape ({steps},); got shape {rate.shape}")
+    return rate
+
+
+def gd_weights(tokens: object, eta: object, steps: int = 1, w0: object = None) -> np.ndarray:
+    """The weights W_K (B, d) after ``steps`` GD steps with rate ``eta`` (a number, or one per
+    step: eta_t for step t) on each context."""
     x, y, _ = split_tokens(tokens)
-    eta = finite_float("eta", eta)
     steps = nonnegative_int("steps", steps)
+    etas = step_rates("eta", eta, steps)
     n_context = x.shape[1]
     w = _initial_weights(w0, x.shape[0], x.shape[2])
-    for _ in range(steps):
+    for eta_t in etas:
         residual = np.einsum("bnd,bd->bn", x, w) - y  # W x_i - y_i
-        w = w - (eta / n_context) * np.einsum("bn,bnd->bd", residual, x)
+        w = w - (eta_t / n_context) * np.einsum("bn,bnd->bd", residual, x)
     return w
 
 
-def gd_predict(tokens: object, eta: float, steps: int = 1, w0: object = None) -> np.ndarray:
+def gd_predict(tokens: object, eta: object, steps: int = 1, w0: object = None) -> np.ndarray:
     """Prediction W_K x_q (B,) of ``steps`` GD steps from ``w0`` (default 0) on each context."""
     _, _, x_query = split_tokens(tokens)
     return np.einsum("bd,bd->b", gd_weights(tokens, eta, steps, w0), x_query)
 
 
-def gdpp_predict(tokens: object, eta: float, gamma: float, steps: int = 1, w0: object = None) -> np.ndarray:
+def gdpp_predict(tokens: object, eta: object, gamma: object, steps: int = 1, w0: object = None) -> np.ndarray:
     """Prediction (B,) of ``steps`` GD++ steps with rates ``eta`` (labels) and ``gamma`` (inputs)
     from ``w0`` (default 0; (d,) or (B, d)) on each context, computed directly (module doc):
 
@@ -89,15 +101,15 @@ def gdpp_predict(tokens: object, eta: float, gamma: float, steps: int = 1, w0: o
 
     for the N context tokens and the query, which starts as (x_q, -W0 x_q); returns minus the
     query's final y-slot.  gamma is divided by N like eta; gamma = 0 gives ``gd_predict``.
+    ``eta`` and ``gamma`` are numbers or one rate per step ((steps,) sequences).
     """
     x, y, x_query = split_tokens(tokens)
-    eta = finite_float("eta", eta)
-    gamma = finite_float("gamma", gamma)
     steps = nonnegative_int("steps", steps)
+    etas, gammas = step_rates("eta", eta, steps), step_rates("gamma", gamma, steps)
     batch_size, n_context, d = x.shape
     w0 = _initial_weights(w0, batch_size, d)
     y_query = -np.einsum("bd,bd->b", x_query, w0)
-    for _ in range(steps):
+    for eta, gamma in zip(etas, gammas):
         gram = x @ x.swapaxes(-1, -2)  # (B, N, N): x_i . x_j
         query_gram = np.einsum("bnd,bd->bn", x, x_query)  # (B, N): x_i . x_q
         residual = np.einsum("bnd,bd->bn", x, w0) - y  # W0 x_i - y_i, from the old tokens

@@ -1,7 +1,9 @@
 """Run configuration files: TOML with [task], [model] and [train] tables.
 
     [task]   fields of iclgd.LinearRegressionTask (d, n_context, x_scale, ...)
-    [model]  fields of iclgd.LSAConfig; d and n_context default to the task's
+    [model]  family = "lsa" (default): fields of iclgd.LSAConfig; family = "gd" or "gdpp": K steps of
+             GD / GD++ with learned rates, fields of iclgd.gd_models.LearnedGDConfig (n_layers,
+             tied, dtype); d and n_context default to the task's
     [train]  fields of TrainConfig below (steps, batch_size, lr, seed, checkpoint_every, backend, ...)
 
 Every error names the file, the table and key, and the reason; nothing is written anywhere
@@ -22,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 from iclgd._checks import finite_float, nonnegative_int, positive_int
 from iclgd.backends import available_backends
+from iclgd.gd_models import VARIANTS, LearnedGDConfig
 from iclgd.models import LSAConfig
 from iclgd.optim import SCHEDULES, AdamConfig
 from iclgd.tasks import LinearRegressionTask
@@ -101,10 +104,14 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
 
 
+#: [model] family -> (config class, fixed fields)
+MODEL_FAMILIES = {"lsa": (LSAConfig, {})} | {variant: (LearnedGDConfig, {"variant": variant}) for variant in VARIANTS}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     task: LinearRegressionTask
-    model: LSAConfig
+    model: LSAConfig | LearnedGDConfig
     train: TrainConfig
 
 
@@ -133,8 +140,14 @@ def run_config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
         if not isinstance(data[table], dict):
             raise ConfigError(f"{source}: {table!r} must be a table ([{table}]); got {data[table]!r}")
     task = _build(LinearRegressionTask, data.get("task", {}), f"{source}: [task]")
-    model_table = data.get("model", {})
-    model = _build(LSAConfig, model_table, f"{source}: [model]", {"d": task.d, "n_context": task.n_context})
+    model_table = dict(data.get("model", {}))
+    family = model_table.pop("family", "lsa")
+    if family not in MODEL_FAMILIES:
+        raise ConfigError(f"{source}: [model] key 'family' must be one of {list(MODEL_FAMILIES)}; got {family!r}")
+    model_class, fixed = MODEL_FAMILIES[family]
+    if "variant" in model_table:
+        raise ConfigError(f"{source}: [model] unknown key 'variant'; the family key ({family!r}) says it")
+    model = _build(model_class, model_table, f"{source}: [model]", {"d": task.d, "n_context": task.n_context, **fixed})
     if model.d != task.d:
         raise ConfigError(f"{source}: [model] key 'd' = {model.d} disagrees with [task] d = {task.d}")
     if model.n_context != task.n_context:
@@ -172,7 +185,11 @@ def run_config_to_toml(config: RunConfig) -> str:
     lines = []
     for table, obj in (("task", config.task), ("model", config.model), ("train", config.train)):
         lines.append(f"[{table}]")
+        if table == "model":
+            lines.append(f"family = {_toml_value(obj.family)}")
         for field in dataclasses.fields(obj):
+            if table == "model" and field.name == "variant":
+                continue  # written as the family
             value = getattr(obj, field.name)
             if value is not None:
                 lines.append(f"{field.name} = {_toml_value(value)}")

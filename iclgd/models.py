@@ -73,6 +73,11 @@ class LSAConfig:
         set_(self, "dtype", float_dtype("dtype", self.dtype).name)
 
     @property
+    def family(self) -> str:
+        """The [model] family name in a run config ("lsa"; see iclgd.gd_models for "gd", "gdpp")."""
+        return "lsa"
+
+    @property
     def token_size(self) -> int:
         """D = d + 1."""
         return self.d + 1

@@ -1,6 +1,6 @@
 """The training loop: fresh tasks every step, clipped Adam, resumable run directories.
 
-``train(run_dir, config)`` talks to the model only through the backend: ``backend.trainer(config)``
+``train(run_dir, config)`` talks to the model only through the backend: ``trainer_for(backend, config)``
 returns an object whose ``advance(state, n)`` does n updates (HostTrainer below for numpy and
 numba; the jax backend fuses sampling, gradient and optax Adam into one compiled step).
 Batch t is drawn from a generator keyed by (seed, t) and the init from an independent stream
@@ -19,7 +19,7 @@ import numpy as np
 
 from iclgd import runio
 from iclgd.backends import get_backend
-from iclgd.backends.training import StepRecord, TrainState, batch_rng, initial_state  # noqa: F401 (re-exported)
+from iclgd.backends.training import StepRecord, TrainState, batch_rng, initial_state, trainer_for  # noqa: F401 (re-exported)
 from iclgd.config import TrainConfig, load_run_config, run_config_to_toml  # noqa: F401 (TrainConfig re-exported)
 from iclgd.optim import AdamState
 
@@ -168,9 +168,9 @@ class _OneByOne:
 
 def _trainer_for(backend, runs: list[RunDirectory]):
     """One vmapped program for many seeds where the backend has one, else a trainer per run."""
-    if len(runs) > 1 and hasattr(backend, "seeds_trainer"):
+    if len(runs) > 1 and hasattr(backend, "seeds_trainer") and runs[0].config.model.family == "lsa":
         return backend.seeds_trainer(runs[0].config, [run.config.train.seed for run in runs])
-    return _OneByOne([backend.trainer(run.config) for run in runs])
+    return _OneByOne([trainer_for(backend, run.config) for run in runs])
 
 
 def train_seeds(run_dirs: list, configs: list, *, quiet: bool = True, backend=None) -> list[TrainState]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from iclgd import gd_models
 from iclgd.models import init_params
 from iclgd.optim import AdamState, adam_update
 
@@ -50,9 +51,39 @@ def batch_rng(seed: int, step: int) -> np.random.Generator:
 
 
 def initial_state(config) -> TrainState:
-    """Step 0 of a run: params from ``init_seed(seed)`` at ``init_scale``, zero Adam moments."""
-    params = init_params(config.model, np.random.default_rng(init_seed(config.train.seed)), scale=config.train.init_scale)
+    """Step 0 of a run: params (LSA weights, or the rates of a learned-rate GD model) from
+    ``init_seed(seed)`` at ``init_scale``, zero Adam moments."""
+    init = gd_models.init_params if isinstance(config.model, gd_models.LearnedGDConfig) else init_params
+    params = init(config.model, np.random.default_rng(init_seed(config.train.seed)), scale=config.train.init_scale)
     return TrainState(0, params, AdamState.zeros_like(params))
+
+
+class ThroughLSA:
+    """A backend seen by the training loop for a ``LearnedGDConfig`` model: its rates are written
+    into the LSA weights of the GD/GD++ construction, the wrapped backend computes the LSA's loss
+    and gradient on the batch, and the chain rule (``gd_models.pullback``) returns the rates' gradient."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.name = backend.name
+
+    def sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
+        lsa_cfg, lsa_params = gd_models.as_lsa(cfg, params)
+        if hasattr(self.backend, "sample_loss_and_grad"):
+            loss, lsa_grads = self.backend.sample_loss_and_grad(lsa_cfg, task, lsa_params, batch_size, rng)
+        else:
+            loss, lsa_grads = self.backend.loss_and_grad(lsa_cfg, lsa_params, task.sample(batch_size, rng))
+        return loss, gd_models.pullback(cfg, lsa_grads)
+
+
+def trainer_for(backend, config):
+    """The object whose ``advance`` trains ``config``: the backend's own trainer for an LSA; for a
+    learned-rate GD model, the host loop on the backend's LSA gradient (``ThroughLSA``)."""
+    if isinstance(config.model, gd_models.LearnedGDConfig):
+        if config.train.sampler != "numpy":
+            raise ValueError(f"learned-rate GD models train on the host data stream (sampler 'numpy'); got sampler {config.train.sampler!r}")
+        return HostTrainer(ThroughLSA(backend), config)
+    return backend.trainer(config)
 
 
 class HostTrainer:
