@@ -71,6 +71,29 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if all(row[3] for row in one_layer.comparison_rows(results)) else 1
 
 
+def _reproduce_multi_layer(args: argparse.Namespace) -> int:
+    from iclgd.experiments import multi_layer
+
+    changes = {"layers": _depths(args.layers), "tied": args.tied, "steps": args.steps, "baseline_steps": args.baseline_steps,
+               "seed": args.seed, "backend": args.backend, "val_tasks": args.val_tasks}
+    changes = {key: value for key, value in changes.items() if value is not None}
+    setting = multi_layer.MultiLayerSetting.quick(**changes) if args.quick else multi_layer.MultiLayerSetting(**changes)
+    out = args.out or ("runs/multi-layer-tied" if args.tied else "runs/multi-layer")
+    results = multi_layer.run(out, setting, quiet=args.quiet)
+    print(multi_layer.table(results))
+    print(f"\nwrote {out}/results.json, report.md and {len(results['figures'])} figures ({results['total_seconds']:.0f} s)")
+    return 0 if all(row[3] for row in multi_layer.comparison_rows(results)) else 1
+
+
+def _depths(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--layers must be comma-separated positive integers such as 1,2,3; got {text!r}") from None
+
+
 def _x_scale(text: str) -> float:
     from iclgd.tasks import resolve_x_scale
 
@@ -117,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--val-tasks", type=int, default=10_000)
     one.add_argument("--quiet", action="store_true")
     one.set_defaults(run=_reproduce)
+    deep = claims.add_parser("multi-layer", help="K-layer (or recurrent) LSA against K steps of GD and GD++")
+    deep.add_argument("--out", default=None, help="run folder (default runs/multi-layer, or runs/multi-layer-tied)")
+    deep.add_argument("--layers", default=None, help="comma-separated depths K (default 1,2,3,4,5)")
+    deep.add_argument("--tied", action="store_true", help="recurrent LSA (one weight set) and shared GD/GD++ rates")
+    deep.add_argument("--backend", default=None, help="numpy, numba or jax (default: the fastest installed)")
+    deep.add_argument("--seed", type=int, default=None)
+    deep.add_argument("--steps", type=int, default=None, help="LSA training steps (default 3000)")
+    deep.add_argument("--baseline-steps", type=int, default=None, help="learned-rate GD/GD++ steps (default 2000)")
+    deep.add_argument("--val-tasks", type=int, default=None)
+    deep.add_argument("--quick", action="store_true", help="a run of seconds (K = 1, 2; short training), for tests")
+    deep.add_argument("--quiet", action="store_true")
+    deep.set_defaults(run=_reproduce_multi_layer)
     bench = commands.add_parser("bench", help="time every installed backend on the same work, checked against the oracle")
     bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
     bench.add_argument("--backends", default=None, help="comma-separated (default: every installed one)")
