@@ -74,7 +74,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _reproduce_multi_layer(args: argparse.Namespace) -> int:
     from iclgd.experiments import multi_layer
 
-    changes = {"layers": _depths(args.layers), "tied": args.tied, "steps": args.steps, "baseline_steps": args.baseline_steps,
+    changes = {"layers": _depths(args.layers), "tied": args.tied, "steps_per_layer": args.steps_per_layer, "baseline_steps": args.baseline_steps,
                "seed": args.seed, "backend": args.backend, "val_tasks": args.val_tasks}
     changes = {key: value for key, value in changes.items() if value is not None}
     setting = multi_layer.MultiLayerSetting.quick(**changes) if args.quick else multi_layer.MultiLayerSetting(**changes)
@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     deep.add_argument("--tied", action="store_true", help="recurrent LSA (one weight set) and shared GD/GD++ rates")
     deep.add_argument("--backend", default=None, help="numpy, numba or jax (default: the fastest installed)")
     deep.add_argument("--seed", type=int, default=None)
-    deep.add_argument("--steps", type=int, default=None, help="LSA training steps (default 3000)")
+    deep.add_argument("--steps-per-layer", type=int, default=None,
+                      help="the K-layer LSA trains 1000 + this * K steps (default 1000)")
     deep.add_argument("--baseline-steps", type=int, default=None, help="learned-rate GD/GD++ steps (default 2000)")
     deep.add_argument("--val-tasks", type=int, default=None)
     deep.add_argument("--quick", action="store_true", help="a run of seconds (K = 1, 2; short training), for tests")

@@ -140,6 +140,7 @@ def loss_by_layer(path: Path, rows: list[dict], labels: dict) -> None:
             per_layer = r["loss_per_layer"][key]
             ax.plot(range(1, len(per_layer) + 1), [e["mean"] for e in per_layer], "o-", ms=3, label=f"K = {r['n_layers']}")
         ax.set_title(labels[key])
+        ax.set_yscale("log")
         ax.set_xlabel("read out after layer l")
         ax.set_xticks(range(1, max(r["n_layers"] for r in rows) + 1))
     axes[0].set_ylabel("half-MSE")

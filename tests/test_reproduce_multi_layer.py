@@ -101,6 +101,7 @@ def test_a_model_compared_with_itself_is_perfectly_aligned():
         (["--layers", "2,2"], "layers must not repeat a depth"),
         (["--val-tasks", "1"], "val_tasks must be >= 2"),
         (["--backend", "torch"], "backend must be one of"),
+        (["--steps-per-layer", "-1"], "steps_per_layer must be a non-negative integer"),
     ],
 )
 def test_bad_multi_layer_arguments_exit_2_with_a_message(args, message, capsys, tmp_path):
