@@ -1,11 +1,13 @@
 """iclgd: transformers learn in context by gradient descent, executable and checkable.
 
-Public API (see DESIGN.md): tasks, the LSA model, backends, the GD and GD++ constructions and baselines.
+Public API (see DESIGN.md): tasks, the LSA model, backends, the GD and GD++ constructions and baselines,
+and GD / GD++ with learned rates (``LearnedGDConfig``, a model the training loop fits).
 Importing iclgd imports NumPy only; optional engines load when their backend is asked for.
 """
 from iclgd import baselines
 from iclgd.backends import available_backends, get_backend
 from iclgd.construct import gd_construction, gdpp_construction, with_initial_guess
+from iclgd.gd_models import LearnedGDConfig
 from iclgd.models import LSAConfig, init_params, param_shapes, zero_params
 from iclgd.tasks import Batch, LinearRegressionTask
 
@@ -14,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch",
     "LSAConfig",
+    "LearnedGDConfig",
     "LinearRegressionTask",
     "available_backends",
     "baselines",

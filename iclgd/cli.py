@@ -85,6 +85,18 @@ def _reproduce_multi_layer(args: argparse.Namespace) -> int:
     return 0 if all(row[3] for row in multi_layer.comparison_rows(results)) else 1
 
 
+def _reproduce_ood(args: argparse.Namespace) -> int:
+    from iclgd.experiments import ood
+
+    changes = {"steps": args.steps, "seed": args.seed, "backend": args.backend, "val_tasks": args.val_tasks}
+    changes = {key: value for key, value in changes.items() if value is not None}
+    setting = ood.OODSetting.quick(**changes) if args.quick else ood.OODSetting(**changes)
+    results = ood.run(args.out, setting, quiet=args.quiet)
+    print(ood.table(results))
+    print(f"\nwrote {args.out}/results.json, report.md and {len(results['figures'])} figures")
+    return ood.exit_code(results)
+
+
 def _depths(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -153,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     deep.add_argument("--quick", action="store_true", help="a run of seconds (K = 1, 2; short training), for tests")
     deep.add_argument("--quiet", action="store_true")
     deep.set_defaults(run=_reproduce_multi_layer)
+    shift = claims.add_parser("ood", help="trained LSA layers and GD out of distribution: input scale, input law, distractors")
+    shift.add_argument("--out", default="runs/ood")
+    shift.add_argument("--backend", default=None, help="numpy, numba or jax (default: the fastest installed)")
+    shift.add_argument("--seed", type=int, default=None)
+    shift.add_argument("--steps", type=int, default=None, help="training steps of each model (default 5000)")
+    shift.add_argument("--val-tasks", type=int, default=None)
+    shift.add_argument("--quick", action="store_true", help="a run of seconds (short training), for tests")
+    shift.add_argument("--quiet", action="store_true")
+    shift.set_defaults(run=_reproduce_ood)
     bench = commands.add_parser("bench", help="time every installed backend on the same work, checked against the oracle")
     bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
     bench.add_argument("--backends", default=None, help="comma-separated (default: every installed one)")

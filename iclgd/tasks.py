@@ -1,7 +1,7 @@
 r"""In-context linear regression tasks and their token format.
 
 One task is a weight vector ``w ~ N(0, w_scale^2 I_d)`` and ``N + 1`` inputs
-``x_i ~ U(-a, a)^d`` (i.i.d. coordinates), with labels ``y_i = w . x_i + eps_i``,
+``x_i ~ U(-a, a)^d`` (i.i.d. coordinates; other input laws below), with labels ``y_i = w . x_i + eps_i``,
 ``eps_i ~ N(0, noise_std^2)``.  The first ``N`` pairs are the context, the last input is
 the query.  In the "constructed" token format of von Oswald et al. (2023) a task becomes
 
@@ -12,6 +12,19 @@ and the model must predict ``targets[b] = y_q``.
 Input range: the paper's text says ``a = 1`` (our default, ``x_scale="paper"``); the
 authors' code draws ``U(-input_range / 2, input_range / 2)`` with ``input_range = 1``, i.e.
 ``a = 0.5`` (``x_scale="authors_code"``).
+
+Input distribution (``x_distribution``, for the paper's out-of-distribution tests): the
+coordinates of every input are i.i.d. draws of one of ``X_DISTRIBUTIONS``.  The default is
+"uniform", ``U(-a, a)``.  The others are rescaled "to the same norm": every coordinate has the
+uniform one's second moment ``E[x_k^2] = a^2 / 3`` (so ``E|x|^2 = d a^2 / 3``):
+
+    uniform      U(-a, a)                                   mean 0,  E[x^2] = a^2 / 3
+    gaussian     N(0, s^2),          s^2 = a^2 / 3          mean 0,  E[x^2] = s^2
+    laplace      Laplace(0, b),      2 b^2 = a^2 / 3        mean 0,  E[x^2] = 2 b^2
+    exponential  s * Exp(1),         2 s^2 = a^2 / 3        mean s,  E[x^2] = 2 s^2
+
+The exponential inputs are deliberately not centred: they lie in [0, inf), a one-sided shift
+of the input distribution (mean ``a / sqrt(6)``), where the other three are symmetric about 0.
 
 Distractors (the paper's distractor experiment): ``n_distractors`` of the ``N`` context labels,
 at positions drawn uniformly per task, are replaced by independent ``N(0, 1)`` noise.
@@ -26,6 +39,35 @@ from iclgd._checks import finite_float, float_dtype, nonnegative_int, positive_i
 
 #: Named input ranges ``a`` for ``x ~ U(-a, a)``.
 X_SCALES = {"paper": 1.0, "authors_code": 0.5}
+
+#: Input distributions, each with E[x_k^2] = a^2 / 3 (see the module docstring): name -> law.
+X_DISTRIBUTIONS = {
+    "uniform": "U(-a, a)",
+    "gaussian": "N(0, a^2/3)",
+    "exponential": "(a/sqrt(6)) Exp(1), one-sided",
+    "laplace": "Laplace(0, a/sqrt(6))",
+}
+
+
+def x_distribution_name(name: object) -> str:
+    """``name`` if it is one of X_DISTRIBUTIONS, else ValueError naming the known ones."""
+    if not isinstance(name, str) or name not in X_DISTRIBUTIONS:
+        raise ValueError(f"x_distribution must be one of {list(X_DISTRIBUTIONS)}; got {name!r}")
+    return name
+
+
+def draw_inputs(distribution: str, x_scale: float, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Inputs of ``shape`` with i.i.d. coordinates from ``distribution`` at range ``a = x_scale``
+    (float64; one call of the generator, so "uniform" is exactly ``rng.uniform(-a, a, shape)``)."""
+    a = x_scale
+    distribution = x_distribution_name(distribution)
+    if distribution == "uniform":
+        return rng.uniform(-a, a, size=shape)
+    if distribution == "gaussian":
+        return (a / np.sqrt(3.0)) * rng.standard_normal(shape)
+    if distribution == "laplace":
+        return rng.laplace(0.0, a / np.sqrt(6.0), size=shape)
+    return (a / np.sqrt(6.0)) * rng.standard_exponential(shape)  # exponential
 
 
 def resolve_x_scale(x_scale: float | str) -> float:
@@ -81,6 +123,7 @@ class LinearRegressionTask:
     noise_std: float = 0.0
     n_distractors: int = 0
     dtype: str = "float64"
+    x_distribution: str = "uniform"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise fields once, here
@@ -95,6 +138,7 @@ class LinearRegressionTask:
                 f"n_distractors must be <= n_context = {self.n_context}; got {self.n_distractors}"
             )
         set_(self, "dtype", float_dtype("dtype", self.dtype).name)
+        x_distribution_name(self.x_distribution)
 
     @classmethod
     def authors_code(cls, **kwargs) -> "LinearRegressionTask":
@@ -102,10 +146,11 @@ class LinearRegressionTask:
         return cls(x_scale="authors_code", **kwargs)
 
     def draw_weights_and_inputs(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The first draws of ``sample``: w (B, d) and x (B, N + 1, d), float64.  Fast backends
-        that build labels and tokens themselves start from these, to see the same tasks."""
+        """The first draws of ``sample``: w (B, d) normal, then x (B, N + 1, d) from
+        ``x_distribution`` (see ``draw_inputs``), float64.  Fast backends that build labels and
+        tokens themselves start from these, to see the same tasks."""
         weights = self.w_scale * rng.standard_normal((batch_size, self.d))
-        x = rng.uniform(-self.x_scale, self.x_scale, size=(batch_size, self.n_context + 1, self.d))
+        x = draw_inputs(self.x_distribution, self.x_scale, (batch_size, self.n_context + 1, self.d), rng)
         return weights, x
 
     def sample(self, batch_size: int, seed: int | np.random.Generator) -> Batch:
@@ -113,7 +158,7 @@ class LinearRegressionTask:
 
         Draw order (fixed, so a seed gives the same batch on every machine and in every dtype;
         numbers are drawn in float64 and cast at the end):
-        w (B, d) normal; x (B, N + 1, d) uniform; label noise (B, N + 1) normal if
+        w (B, d) normal; x (B, N + 1, d) from x_distribution; label noise (B, N + 1) normal if
         noise_std > 0; distractor positions and values if n_distractors > 0.
         """
         batch_size = positive_int("batch_size", batch_size)

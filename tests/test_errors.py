@@ -120,6 +120,13 @@ def test_task_rejects_an_unknown_x_scale_name_and_lists_the_known_ones(name):
     assert "'paper'" in message and "'authors_code'" in message
 
 
+@pytest.mark.parametrize("name", ["normal", "Gaussian", "", 2, None])
+def test_task_rejects_an_unknown_x_distribution_and_lists_the_known_ones(name):
+    with pytest.raises(ValueError, match=rf"^x_distribution must be one of .*; got {given_value(name)}$") as error:
+        LinearRegressionTask(x_distribution=name)
+    assert all(repr(known) in str(error.value) for known in ("uniform", "gaussian", "exponential", "laplace"))
+
+
 @FAST
 @given(data=st.data(), n_context=st.integers(min_value=1, max_value=20))
 def test_task_rejects_more_distractors_than_context_tokens(data, n_context):

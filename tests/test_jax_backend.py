@@ -321,3 +321,20 @@ def test_data_parallel_on_four_devices_equals_one_device(tmp_path):
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "gaussian", "exponential", "laplace"])
+def test_the_jax_sampler_draws_the_inputs_of_task_sample_for_every_input_distribution(distribution):
+    # the same law as the numpy sampler: E[x], E[x^2] = a^2 / 3 and E[x^4] agree within 5 standard
+    # errors of the two-sample difference (200,000 draws each); exponential inputs are >= 0
+    task = iclgd.LinearRegressionTask(d=4, n_context=9, x_scale=0.5, x_distribution=distribution)
+    ours = jax_backend.sample_batch(task, 5000, seed=3, step=1)
+    truth = task.sample(5000, seed=3)
+    x, x_truth = ours.tokens[:, :, :-1].ravel(), truth.tokens[:, :, :-1].ravel()
+    for power in (1, 2, 4):
+        a, b = x**power, x_truth**power
+        z = (a.mean() - b.mean()) / np.sqrt(a.var() / a.size + b.var() / b.size)
+        assert abs(z) < 5, (power, z)
+    assert np.mean(x**2) == pytest.approx(0.25 / 3, rel=0.03)
+    assert np.all(x >= 0) if distribution == "exponential" else x.min() < 0 < x.max()
+    np.testing.assert_allclose(ours.targets, np.einsum("bd,bd->b", ours.tokens[:, -1, :-1], ours.weights), rtol=1e-12, atol=1e-12)

@@ -45,3 +45,21 @@ def test_one_step_gd_walkthrough_quick(tmp_path):
     step4 = results["step4_comparison"]
     assert step4["tuned"]["model_loss"]["mean"] < 1.5 * step2["optimal_half_mse"]
     assert step4["tuned"]["model_cos"]["mean"] > 0.8
+
+
+def test_out_of_distribution_walkthrough_quick(tmp_path):
+    results_dir = REFERENCE / "results"
+    recorded = {p: p.stat().st_mtime_ns for p in results_dir.glob("03_out_of_distribution.*")}
+    completed = subprocess.run(
+        [sys.executable, str(REFERENCE / "03_out_of_distribution.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    assert completed.stdout.rstrip().endswith("all checks passed") and "[FAIL]" not in completed.stdout
+    assert (tmp_path / "03_out_of_distribution.txt").read_text(encoding="utf-8") == completed.stdout
+    assert {p: p.stat().st_mtime_ns for p in results_dir.glob("03_out_of_distribution.*")} == recorded
+    results = json.loads((tmp_path / "03_out_of_distribution.json").read_text(encoding="utf-8"))
+    assert results["mode"] == "quick" and results["all_checks_passed"] is True
+    assert all(check["ok"] for check in results["checks"])
+    assert all((tmp_path / model / "config.toml").is_file() for model in ("clean", "distractors"))
+    assert set(results["step1_laws"]["moments"]) == {"uniform", "gaussian", "exponential", "laplace"}

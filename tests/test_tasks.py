@@ -1,6 +1,7 @@
 """LinearRegressionTask.sample, as a specification.
 
-A task is ``w ~ N(0, w_scale^2 I_d)``, inputs ``x ~ U(-a, a)^d`` and labels ``y = w . x + noise``;
+A task is ``w ~ N(0, w_scale^2 I_d)``, inputs ``x ~ U(-a, a)^d`` (or another law of the same
+second moment a^2 / 3 per coordinate, ``x_distribution``) and labels ``y = w . x + noise``;
 a batch holds tokens (B, N + 1, d + 1) = [(x_1, y_1), ..., (x_N, y_N), (x_q, 0)], targets (B,) = y_q
 and weights (B, d) = w.  Each test below states one claim in its name.
 """
@@ -12,6 +13,8 @@ from hypothesis import given, settings, strategies as st
 
 import iclgd
 from iclgd import LinearRegressionTask
+from iclgd.config import ConfigError, load_run_config, run_config_to_toml
+from iclgd.tasks import X_DISTRIBUTIONS
 
 FAST = settings(max_examples=25, deadline=None)
 FEW = settings(max_examples=5, deadline=None)
@@ -270,3 +273,135 @@ def test_distractor_positions_vary_from_task_to_task(seed):
     # 200 tasks, one distractor among 10 positions: all at one position has probability 10^-199
     mask = distractor_mask(LinearRegressionTask(d=3, n_context=10, n_distractors=1).sample(200, seed))
     assert len(set(np.argmax(mask, axis=1).tolist())) > 1
+
+
+# --- input distributions ----------------------------------------------------------------------
+
+#: Raw moments E[x^k] of one input coordinate for a = 1, k = 1, 2, 4, 8, written out per law
+#: (uniform: a^k / (k + 1) for even k; N(0, s^2): (k - 1)!! s^k; Laplace(0, b): k! b^k for even k;
+#: s Exp(1): k! s^k), with s^2 = 1/3 (gaussian) and b^2 = s^2 = 1/6 (laplace, exponential).
+MOMENTS = {
+    "uniform": {1: 0.0, 2: 1 / 3, 4: 1 / 5, 8: 1 / 9},
+    "gaussian": {1: 0.0, 2: 1 / 3, 4: 3 / 9, 8: 105 / 81},
+    "laplace": {1: 0.0, 2: 2 / 6, 4: 24 / 36, 8: 40320 / 1296},
+    "exponential": {1: 1 / np.sqrt(6), 2: 2 / 6, 4: 24 / 36, 8: 40320 / 1296},
+}
+distributions = st.sampled_from(sorted(X_DISTRIBUTIONS))
+
+
+def inputs_of(batch: iclgd.Batch) -> np.ndarray:
+    """Every input coordinate of the batch, context and query, as (samples, d)."""
+    return batch.tokens[:, :, :-1].reshape(-1, batch.d)
+
+
+def z_score(samples: np.ndarray, power: int, moments: dict, scale: float) -> np.ndarray:
+    """(sample mean of x^power - E[x^power]) / its exact standard error, per column."""
+    mean = moments[power] * scale**power
+    variance = (moments[2 * power] - moments[power] ** 2) * scale ** (2 * power)
+    return (np.mean(samples**power, axis=0) - mean) / np.sqrt(variance / samples.shape[0])
+
+
+def test_the_four_input_distributions_are_uniform_gaussian_exponential_laplace():
+    assert set(X_DISTRIBUTIONS) == {"uniform", "gaussian", "exponential", "laplace"}
+    assert LinearRegressionTask().x_distribution == "uniform"
+
+
+@FAST
+@given(d=dims, n_context=contexts, batch_size=batch_sizes, x_scale=scales, seed=seeds)
+def test_uniform_inputs_are_drawn_by_rng_uniform_right_after_the_weights(d, n_context, batch_size, x_scale, seed):
+    # pins the draw order of every existing seed: w = standard_normal, then x = uniform(-a, a)
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((batch_size, d))
+    x = rng.uniform(-x_scale, x_scale, size=(batch_size, n_context + 1, d))
+    batch = LinearRegressionTask(d=d, n_context=n_context, x_scale=x_scale).sample(batch_size, seed)
+    assert np.array_equal(batch.weights, weights)
+    assert np.array_equal(batch.tokens[:, :, :-1], x)
+
+
+@FAST
+@given(d=dims, x_scale=scales, distribution=distributions, seed=seeds)
+def test_every_input_distribution_has_second_moment_a_squared_over_3_per_coordinate(d, x_scale, distribution, seed):
+    task = LinearRegressionTask(d=d, n_context=9, x_scale=x_scale, x_distribution=distribution)
+    x = inputs_of(task.sample(200, seed))  # 2000 draws per coordinate
+    assert np.all(np.abs(z_score(x, 2, MOMENTS[distribution], x_scale)) < 5)
+
+
+@FAST
+@given(d=dims, x_scale=scales, seed=seeds)
+def test_exponential_inputs_are_non_negative_with_mean_a_over_sqrt_6(d, x_scale, seed):
+    task = LinearRegressionTask(d=d, n_context=9, x_scale=x_scale, x_distribution="exponential")
+    x = inputs_of(task.sample(200, seed))
+    assert np.all(x >= 0)
+    assert np.all(np.abs(z_score(x, 1, MOMENTS["exponential"], x_scale)) < 5)
+
+
+@FAST
+@given(d=dims, x_scale=scales, distribution=st.sampled_from(["uniform", "gaussian", "laplace"]), seed=seeds)
+def test_uniform_gaussian_and_laplace_inputs_have_mean_zero_and_take_both_signs(d, x_scale, distribution, seed):
+    task = LinearRegressionTask(d=d, n_context=9, x_scale=x_scale, x_distribution=distribution)
+    x = inputs_of(task.sample(200, seed))
+    assert np.all(np.abs(z_score(x, 1, MOMENTS[distribution], x_scale)) < 5)
+    assert np.all(x.min(axis=0) < 0) and np.all(x.max(axis=0) > 0)
+
+
+@pytest.mark.parametrize("distribution", sorted(X_DISTRIBUTIONS))
+def test_each_input_distribution_has_the_fourth_moment_of_its_law(distribution):
+    # same second moment, different shape: E[x^4] / a^4 = 1/5, 1/3, 2/3, 2/3 (z over 440,000 draws)
+    x = inputs_of(LinearRegressionTask(d=4, n_context=10, x_distribution=distribution).sample(10_000, seed=1))
+    assert abs(z_score(x.ravel()[:, None], 4, MOMENTS[distribution], 1.0)[0]) < 5
+
+
+@FAST
+@given(d=dims, n_context=contexts, batch_size=batch_sizes, distribution=distributions, dtype=dtypes, seed=seeds)
+def test_same_seed_gives_the_same_batch_for_every_input_distribution(d, n_context, batch_size, distribution, dtype, seed):
+    task = LinearRegressionTask(d=d, n_context=n_context, x_distribution=distribution, dtype=dtype,
+                                noise_std=0.1, n_distractors=n_context // 2)
+    assert same_batch(task.sample(batch_size, seed), task.sample(batch_size, seed))
+
+
+@FAST
+@given(distribution=distributions, seed=seeds)
+def test_labels_are_w_dot_x_for_every_input_distribution(distribution, seed):
+    batch = LinearRegressionTask(d=4, n_context=6, x_distribution=distribution).sample(8, seed)
+    x_context, y_context, x_query, _ = split(batch)
+    np.testing.assert_allclose(y_context, np.einsum("bnd,bd->bn", x_context, batch.weights), **EXACT)
+    np.testing.assert_allclose(batch.targets, np.einsum("bd,bd->b", x_query, batch.weights), **EXACT)
+
+
+@FAST
+@given(distribution=distributions, seed=seeds)
+def test_the_input_distribution_leaves_the_weights_of_a_seed_unchanged(distribution, seed):
+    base = LinearRegressionTask(d=3, n_context=5).sample(4, seed)
+    other = LinearRegressionTask(d=3, n_context=5, x_distribution=distribution).sample(4, seed)
+    assert np.array_equal(base.weights, other.weights)
+
+
+def test_a_toml_config_sets_the_input_distribution_and_writes_it_back(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[task]\nd = 3\nn_context = 4\nx_distribution = "laplace"\n')
+    config = load_run_config(path)
+    assert config.task.x_distribution == "laplace"
+    path.write_text(run_config_to_toml(config))
+    assert load_run_config(path) == config
+
+
+def test_a_toml_config_with_an_unknown_input_distribution_names_the_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[task]\nx_distribution = "cauchy"\n')
+    with pytest.raises(ConfigError, match=r"\[task\].*x_distribution must be one of.*'cauchy'"):
+        load_run_config(path)
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "exponential", "laplace"])
+def test_numba_fused_sampling_draws_the_tasks_of_task_sample_for_every_input_distribution(distribution):
+    pytest.importorskip("numba", reason="the numba backend needs the numba extra: pip install 'iclgd[numba]'")
+    from iclgd.backends.training import batch_rng
+    from iclgd.checks import relative_error
+
+    cfg = iclgd.LSAConfig(d=4, n_layers=1, n_heads=1)
+    params = iclgd.init_params(cfg, seed=0, scale=0.3)
+    task = LinearRegressionTask(d=4, n_context=6, x_scale=0.7, x_distribution=distribution)
+    fused = iclgd.get_backend("numba").sample_loss_and_grad(cfg, task, params, 64, batch_rng(5, 2))
+    plain = iclgd.get_backend("numpy").sample_loss_and_grad(cfg, task, params, 64, batch_rng(5, 2))
+    assert abs(fused[0] - plain[0]) <= 1e-9 * max(1.0, plain[0])
+    assert relative_error(fused[1], plain[1]) <= 1e-9

@@ -164,15 +164,31 @@ def _flat(draw, key, shape, dtype, *args):
     return draw(key, (math.prod(shape),), dtype, *args).reshape(shape)
 
 
+def _inputs(task: LinearRegressionTask, key, shape: tuple[int, ...], dtype: str):
+    """Inputs of ``shape`` from ``task.x_distribution`` at range a = x_scale, each law scaled as
+    in iclgd.tasks (E[x_k^2] = a^2 / 3): U(-a, a); (a / sqrt 3) N(0, 1); (a / sqrt 6) Laplace(0, 1);
+    (a / sqrt 6) Exp(1)."""
+    a = task.x_scale
+    if task.x_distribution == "uniform":
+        return _flat(jax.random.uniform, key, shape, dtype, -a, a)
+    standard, scale = {
+        "gaussian": (jax.random.normal, a / math.sqrt(3.0)),
+        "laplace": (jax.random.laplace, a / math.sqrt(6.0)),
+        "exponential": (jax.random.exponential, a / math.sqrt(6.0)),
+    }[task.x_distribution]
+    return scale * _flat(standard, key, shape, dtype)
+
+
 def _sample(task: LinearRegressionTask, dtype: str, key, batch_size: int):
     """One batch of ``task`` drawn with jax.random from ``key`` in ``dtype``:
-    w (B, d) ~ N(0, w_scale^2), x (B, N + 1, d) ~ U(-a, a), y = x w + noise_std * N(0, 1); then
-    n_distractors context labels per task (positions uniform without replacement) replaced by
-    N(0, 1).  Returns tokens (B, N + 1, d + 1), targets (B,) = y_q, weights (B, d)."""
+    w (B, d) ~ N(0, w_scale^2), x (B, N + 1, d) from ``task.x_distribution`` (``_inputs``),
+    y = x w + noise_std * N(0, 1); then n_distractors context labels per task (positions uniform
+    without replacement) replaced by N(0, 1).  Returns tokens (B, N + 1, d + 1), targets (B,) = y_q,
+    weights (B, d)."""
     n, d = task.n_context, task.d
     k_w, k_x, k_noise, k_pos, k_val = jax.random.split(key, 5)
     weights = task.w_scale * _flat(jax.random.normal, k_w, (batch_size, d), dtype)
-    x = _flat(jax.random.uniform, k_x, (batch_size, n + 1, d), dtype, -task.x_scale, task.x_scale)
+    x = _inputs(task, k_x, (batch_size, n + 1, d), dtype)
     y = jnp.einsum("btd,bd->bt", x, weights)
     if task.noise_std > 0:
         y = y + task.noise_std * _flat(jax.random.normal, k_noise, (batch_size, n + 1), dtype)
