@@ -7,7 +7,7 @@ Gradient descent on the context loss ``L(W) = 1/(2N) sum_i (W x_i - y_i)^2`` fro
 
     W_{t+1} = W_t - (eta / N) sum_i (W_t x_i - y_i) x_i^T,     prediction  W_K x_q.
 
-GD++ (von Oswald et al. 2023, Sec. 4), the curvature-corrected variant that the LSA of
+GD++ (von Oswald et al. 2023, multi-layer experiments), the curvature-corrected variant that the LSA of
 ``iclgd.gdpp_construction`` runs: every token j (context and query) is updated from the
 step's old tokens,
 

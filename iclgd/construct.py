@@ -1,5 +1,5 @@
 r"""Closed-form LSA weights that run gradient descent (von Oswald et al. 2023, Prop. 1) and
-its curvature-corrected variant GD++ (ibid., Sec. 4).
+its curvature-corrected variant GD++ (ibid., the multi-layer experiments).
 
 GD.  One layer with, in head 0 (other heads zero),
 

@@ -1,4 +1,4 @@
-"""GD++ (von Oswald et al. 2023, Sec. 4): the closed-form LSA construction against the recursion
+"""GD++ (von Oswald et al. 2023, multi-layer experiments): the closed-form LSA construction against the recursion
 computed directly, its gamma = 0 limit (plain GD), and the errors of the new entry points.
 
 One GD++ step updates every token j (context and query) from the step's old tokens:

@@ -1,6 +1,6 @@
 r"""`iclgd reproduce multi-layer`: K-layer (or recurrent) LSA against K steps of GD and GD++.
 
-von Oswald et al. (2023), Sec. 4 / Fig. 4: trained K-layer linear self-attention models match
+von Oswald et al. (2023), multi-layer experiments: trained K-layer linear self-attention models match
 or beat K steps of gradient descent, and recurrent (weight-tied) models approach GD++, the GD
 variant whose layers also apply the curvature correction x_j <- x_j - (gamma / N) sum_i (x_i . x_j) x_i.
 
@@ -280,7 +280,7 @@ def report(r: dict) -> str:
     figures = "".join(f"\n![{name}]({name})" for name in r["figures"])
     return f"""# K-layer LSA against K steps of GD and GD++
 
-Claim (von Oswald et al. 2023, Sec. 4, Fig. 4): {r['claim']}.
+Claim (von Oswald et al. 2023, multi-layer and recurrent experiments): {r['claim']}.
 
 Setting: d = N = 10, x ~ U(-1, 1)^d, w ~ N(0, I), no label noise. LSA: {kind}, one head, key size 11,
 {s['steps_base']} + {s['steps_per_layer']} K Adam steps, batch {s['batch_size']}, lr {s['lr']:g} with cosine decay. Learned-rate GD and GD++:
