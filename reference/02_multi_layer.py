@@ -63,6 +63,7 @@ from iclgd.gd_models import LearnedGDConfig, as_lsa, rates
 from iclgd.interpolate import effective_matrices
 from iclgd.runio import atomic_write_text, list_checkpoints, read_jsonl
 from iclgd.train import load_checkpoint, train
+from walkthrough import Checks, matrix_lines, max_abs_diff, Transcript
 
 NAME = "02_multi_layer"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -108,81 +109,6 @@ QUICK = Settings(quick=True, lsa_steps_base=100, lsa_steps_per_layer=150, lsa_ba
 # --------------------------------------------------------------------------------------------
 # Printing: a transcript that is printed as it goes and kept for the results file
 # --------------------------------------------------------------------------------------------
-
-
-class Transcript:
-    """Prints prose (re-wrapped), headings and verbatim output, and keeps every line."""
-
-    def __init__(self, width: int = 92):
-        self.width = width
-        self.lines: list[str] = []
-
-    def _emit(self, line: str) -> None:
-        print(line, flush=True)
-        self.lines.append(line)
-
-    def heading(self, title: str) -> None:
-        for line in ("", "=" * self.width, title, "=" * self.width, ""):
-            self._emit(line)
-
-    def prose(self, text: str) -> None:
-        """Paragraphs separated by blank lines, each re-wrapped to the transcript's width."""
-        for i, paragraph in enumerate(textwrap.dedent(text).strip().split("\n\n")):
-            if i:
-                self._emit("")
-            self._emit(textwrap.fill(" ".join(paragraph.split()), self.width))
-        self._emit("")
-
-    def out(self, text: str = "") -> None:
-        """Verbatim lines (numbers, tables, matrices)."""
-        for line in text.splitlines() or [""]:
-            self._emit(line)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    measured: str
-    criterion: str
-    ok: bool
-
-
-class Checks:
-    """Every claim the walkthrough makes, with its measured value and whether it holds."""
-
-    def __init__(self, transcript: Transcript):
-        self.transcript = transcript
-        self.items: list[Check] = []
-
-    def __call__(self, name: str, measured: str, criterion: str, ok) -> bool:
-        check = Check(name, measured, criterion, bool(ok))
-        self.items.append(check)
-        self.transcript.out(f"  [{'pass' if check.ok else 'FAIL'}] {name}: {measured}   (criterion: {criterion})")
-        return check.ok
-
-    @property
-    def all_passed(self) -> bool:
-        return all(check.ok for check in self.items)
-
-
-def matrix_lines(matrix: np.ndarray, row_labels, col_labels, decimals: int = 2) -> str:
-    """A matrix rounded to ``decimals``, entries that round to zero shown as '.'."""
-    width = decimals + 6
-    lines = [" " * 5 + "".join(label.rjust(width) for label in col_labels)]
-    for label, row in zip(row_labels, np.asarray(matrix, dtype=np.float64)):
-        cells = []
-        for value in row:
-            rounded = round(float(value), decimals)
-            cells.append(".".rjust(width) if rounded == 0 else f"{rounded:{width}.{decimals}f}")
-        lines.append(label.rjust(5) + "".join(cells))
-    return "\n".join(lines)
-
-
-def max_abs_diff(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def est(estimate: metrics.Estimate, spec: str = ".4f", width: int = 0) -> str:

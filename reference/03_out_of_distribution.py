@@ -40,7 +40,6 @@ import json
 import platform
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from iclgd.experiments.ood import IN_DISTRIBUTION_GAP, OOD_GAP, Z, OODSetting
 from iclgd.runio import atomic_write_text
 from iclgd.tasks import X_DISTRIBUTIONS
 from iclgd.train import train
+from walkthrough import Checks, Transcript
 
 NAME = "03_out_of_distribution"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -87,60 +87,6 @@ QUICK_GAP = 0.5  # a 300-step layer is not yet GD; the quick run checks that it 
 # --------------------------------------------------------------------------------------------
 # Printing: a transcript that is printed as it goes and kept for the results file
 # --------------------------------------------------------------------------------------------
-
-
-class Transcript:
-    """Prints prose (re-wrapped), headings and verbatim lines, and keeps every line."""
-
-    def __init__(self, width: int = 92):
-        self.width, self.lines = width, []
-
-    def _emit(self, line: str) -> None:
-        print(line, flush=True)
-        self.lines.append(line)
-
-    def heading(self, title: str) -> None:
-        for line in ("", "=" * self.width, title, "=" * self.width, ""):
-            self._emit(line)
-
-    def prose(self, text: str) -> None:
-        for i, paragraph in enumerate(textwrap.dedent(text).strip().split("\n\n")):
-            if i:
-                self._emit("")
-            self._emit(textwrap.fill(" ".join(paragraph.split()), self.width))
-        self._emit("")
-
-    def out(self, text: str = "") -> None:
-        for line in text.splitlines() or [""]:
-            self._emit(line)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    measured: str
-    criterion: str
-    ok: bool
-
-
-class Checks:
-    """Every claim the walkthrough makes, with its measured value and whether it holds."""
-
-    def __init__(self, transcript: Transcript):
-        self.transcript, self.items = transcript, []
-
-    def __call__(self, name: str, measured: str, criterion: str, ok) -> bool:
-        check = Check(name, measured, criterion, bool(ok))
-        self.items.append(check)
-        self.transcript.out(f"  [{'pass' if check.ok else 'FAIL'}] {name}: {measured}   (criterion: {criterion})")
-        return check.ok
-
-    @property
-    def all_passed(self) -> bool:
-        return all(check.ok for check in self.items)
 
 
 def pct(value: float, digits: int = 2) -> str:

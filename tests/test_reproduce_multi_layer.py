@@ -63,11 +63,11 @@ def test_the_last_layer_read_out_is_the_reported_loss(quick_run):
             assert per_layer[-1]["mean"] == pytest.approx(row["loss"][name]["mean"], rel=1e-12)
 
 
-def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same_numbers(quick_run, tmp_path):
-    _, out, results = quick_run
+def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same_numbers(quick_run):
+    first_code, out, results = quick_run
     code = main(["reproduce", "multi-layer", "--quick", "--tied", "--out", str(out), "--quiet", "--backend", "numpy"])
     again = json.loads((out / "results.json").read_text())
-    assert again["depths"] == results["depths"]
+    assert again["depths"] == results["depths"] and code == first_code
 
 
 @settings(max_examples=15, deadline=None)

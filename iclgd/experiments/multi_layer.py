@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from iclgd import baselines, metrics, plots, runio
+from iclgd import baselines, metrics, plots
 from iclgd._checks import positive_int
 from iclgd.backends import fastest_backend, get_backend
 from iclgd.config import RunConfig, TrainConfig
+from iclgd.experiments.output import claims_table, fmt, write_outputs
 from iclgd.evaluate import stream, tune_gd_eta, validation_batch
 from iclgd.gd_models import LearnedGDConfig, as_lsa
 from iclgd.models import LSAConfig
@@ -187,20 +188,12 @@ def run(out_dir: str | Path, setting: MultiLayerSetting, quiet: bool = False) ->
         "seconds": seconds,
         "total_seconds": time.perf_counter() - started_all,
     }
-    if plots.matplotlib_available():
-        plots.loss_by_depth(out_dir / "loss_by_depth.png", rows, MODEL_LABELS)
-        plots.loss_by_layer(out_dir / "loss_by_layer.png", rows, MODEL_LABELS)
-        plots.alignment_by_depth(out_dir / "alignment_by_depth.png", rows, MODEL_LABELS)
-        results["figures"] = ["loss_by_depth.png", "loss_by_layer.png", "alignment_by_depth.png"]
-    else:
-        results["figures"] = []
-    runio.write_json(out_dir / "results.json", results)
-    runio.atomic_write_text(out_dir / "report.md", report(results))
-    return results
-
-
-def _fmt(entry: dict, digits: int = 4) -> str:
-    return f"{entry['mean']:.{digits}f} ± {entry['stderr']:.{digits}f}"
+    figures = {
+        "loss_by_depth.png": lambda path: plots.loss_by_depth(path, rows, MODEL_LABELS),
+        "loss_by_layer.png": lambda path: plots.loss_by_layer(path, rows, MODEL_LABELS),
+        "alignment_by_depth.png": lambda path: plots.alignment_by_depth(path, rows, MODEL_LABELS),
+    }
+    return write_outputs(out_dir, results, figures, report)
 
 
 def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
@@ -216,7 +209,7 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
                      for k, v in quoted.items() if k in by_depth)
     out = [(
         "tuned K-step GD falls with K (about 0.626 at K = 2, 0.473 at K = 4)",
-        ", ".join(f"K={row['n_layers']}: {_fmt(row['loss']['tuned_gd'])}" for row in rows),
+        ", ".join(f"K={row['n_layers']}: {fmt(row['loss']['tuned_gd'])}" for row in rows),
         "decreasing in K; within 3 s.e. of the quoted values", falls and near_quote,
     )]
 
@@ -236,7 +229,7 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
                       for row in deep)
         out.append((
             f"for K >= 2 the trained {model} clearly beats tuned K-step GD",
-            "; ".join(f"K={row['n_layers']}: {_fmt(row['paired']['lsa_minus_tuned_gd'])}" for row in deep),
+            "; ".join(f"K={row['n_layers']}: {fmt(row['paired']['lsa_minus_tuned_gd'])}" for row in deep),
             "paired (LSA - GD) < -5% of GD's loss and below 0 by > 3 s.e.", clearly,
         ))
         if tied:
@@ -249,9 +242,7 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
 
 
 def table(r: dict) -> str:
-    lines = ["| paper's statement | ours | criterion | holds |", "|---|---|---|---|"]
-    lines += [f"| {claim} | {ours} | {criterion} | {'yes' if ok else 'NO'} |" for claim, ours, criterion, ok in comparison_rows(r)]
-    return "\n".join(lines)
+    return claims_table(comparison_rows(r))
 
 
 def report(r: dict) -> str:
@@ -260,12 +251,12 @@ def report(r: dict) -> str:
     rates = "one shared rate (pair)" if s["tied"] else "one rate (pair) per step"
     names = ("lsa", "tuned_gd", "gd", "gdpp")
     loss_lines = "\n".join(
-        f"| {row['n_layers']} | " + " | ".join(_fmt(row["loss"][n]) for n in names)
-        + f" | {_fmt(row['paired']['lsa_minus_tuned_gd'])} | {_fmt(row['paired']['lsa_minus_gdpp'])} |"
+        f"| {row['n_layers']} | " + " | ".join(fmt(row["loss"][n]) for n in names)
+        + f" | {fmt(row['paired']['lsa_minus_tuned_gd'])} | {fmt(row['paired']['lsa_minus_gdpp'])} |"
         for row in r["depths"]
     )
     align_lines = "\n".join(
-        f"| {row['n_layers']} | {other} | " + " | ".join(_fmt(row["alignment"][other][m]) for m in ("preds_diff", "model_cos", "model_diff")) + " |"
+        f"| {row['n_layers']} | {other} | " + " | ".join(fmt(row["alignment"][other][m]) for m in ("preds_diff", "model_cos", "model_diff")) + " |"
         for row in r["depths"] for other in ("gd", "gdpp")
     )
     layer_lines = "\n".join(

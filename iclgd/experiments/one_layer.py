@@ -29,6 +29,7 @@ from iclgd._checks import positive_int
 from iclgd.backends import get_backend
 from iclgd.config import RunConfig
 from iclgd.construct import gd_construction
+from iclgd.experiments.output import claims_table, fmt, write_outputs
 from iclgd.evaluate import compare_with_gd, input_scale_sweep, interpolation_sweep, stream, tune_gd_eta, validation_batch
 from iclgd.models import LSAConfig
 from iclgd.tasks import X_SCALES, LinearRegressionTask
@@ -129,20 +130,13 @@ def run(out_dir: str | Path, setting: OneLayerSetting, quiet: bool = False) -> d
     results["eval_seconds"] = time.perf_counter() - started
 
     runio.save_params(out_dir / "params.npz", state.params)
-    if plots.matplotlib_available():
-        plots.loss_curve(out_dir / "loss.png", runio.read_jsonl(out_dir / "metrics.jsonl"), curve, tuned.gd_loss.mean, optimum.half_mse)
-        plots.alignment_curve(out_dir / "alignment.png", curve)
-        plots.input_scale_sweep(out_dir / "ood.png", results["ood_input_scale"])
-        results["figures"] = ["loss.png", "alignment.png", "ood.png"]
-    else:
-        results["figures"] = []
-    runio.write_json(out_dir / "results.json", results)
-    runio.atomic_write_text(out_dir / "report.md", report(results))
-    return results
-
-
-def _fmt(entry: dict, digits: int = 4) -> str:
-    return f"{entry['mean']:.{digits}f} ± {entry['stderr']:.{digits}f}"
+    figures = {
+        "loss.png": lambda path: plots.loss_curve(path, runio.read_jsonl(out_dir / "metrics.jsonl"), curve,
+                                                  tuned.gd_loss.mean, optimum.half_mse),
+        "alignment.png": lambda path: plots.alignment_curve(path, curve),
+        "ood.png": lambda path: plots.input_scale_sweep(path, results["ood_input_scale"]),
+    }
+    return write_outputs(out_dir, results, figures, report)
 
 
 def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
@@ -153,18 +147,18 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
     worst_gap = max(abs(row["model_loss"]["mean"] / row["gd_loss"]["mean"] - 1) for row in ood)
     return [
         ("trained LSA loss = loss of one GD step with tuned eta",
-         f"{_fmt(r['trained_loss'])} vs GD {_fmt(r['gd_loss'])} (paired diff {_fmt(r['trained_minus_gd'], 5)})",
+         f"{fmt(r['trained_loss'])} vs GD {fmt(r['gd_loss'])} (paired diff {fmt(r['trained_minus_gd'], 5)})",
          "paired |diff| <= 1% of GD's loss", abs(r["trained_minus_gd"]["mean"]) <= 0.01 * r["gd_loss"]["mean"]),
         ("no one-layer LSA beats the closed-form one-step optimum",
          f"expected loss {r['trained_expected_loss']['mean']:.4f} ± {r['trained_expected_loss']['stderr']:.4f} vs optimum {r['optimal_loss']:.4f} ({100 * excess:+.2f}%)",
          "within 1% of the optimum", abs(excess) <= 0.01),
         ("tuned GD eta is the optimal eta", f"line search {r['gd_eta']:.4f}, closed form {r['optimal_eta']:.4f}",
          "within 5%", abs(r["gd_eta"] / r["optimal_eta"] - 1) <= 0.05),
-        ("predictions match GD (preds diff ~ 0)", _fmt(r["preds_diff"]), "< 5% of GD's RMS error",
+        ("predictions match GD (preds diff ~ 0)", fmt(r["preds_diff"]), "< 5% of GD's RMS error",
          r["preds_diff"]["mean"] < 0.05 * np.sqrt(2 * r["gd_loss"]["mean"])),
-        ("sensitivities align (model cos ~ 1)", _fmt(r["model_cos"]), ">= 0.99", r["model_cos"]["mean"] >= 0.99),
-        ("sensitivities match (model diff ~ 0)", _fmt(r["model_diff"]), "< 0.1", r["model_diff"]["mean"] < 0.1),
-        ("interpolated (trained + constructed)/2 is as good", f"{_fmt(interp[0.5])}", "within 1% of GD's loss",
+        ("sensitivities align (model cos ~ 1)", fmt(r["model_cos"]), ">= 0.99", r["model_cos"]["mean"] >= 0.99),
+        ("sensitivities match (model diff ~ 0)", fmt(r["model_diff"]), "< 0.1", r["model_diff"]["mean"] < 0.1),
+        ("interpolated (trained + constructed)/2 is as good", f"{fmt(interp[0.5])}", "within 1% of GD's loss",
          abs(interp[0.5]["mean"] / r["gd_loss"]["mean"] - 1) <= 0.01),
         ("out of distribution the LSA degrades like GD", f"largest |LSA/GD - 1| over alpha in [{ood[0]['alpha']}, {ood[-1]['alpha']}]: {100 * worst_gap:.1f}%",
          "<= 10%", worst_gap <= 0.10),
@@ -172,17 +166,15 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
 
 
 def table(r: dict) -> str:
-    lines = ["| paper's statement | ours | criterion | holds |", "|---|---|---|---|"]
-    lines += [f"| {claim} | {ours} | {criterion} | {'yes' if ok else 'NO'} |" for claim, ours, criterion, ok in comparison_rows(r)]
-    return "\n".join(lines)
+    return claims_table(comparison_rows(r))
 
 
 def report(r: dict) -> str:
     s = r["setting"]
     ood_lines = "\n".join(
-        f"| {row['alpha']:g} | {_fmt(row['model_loss'])} | {_fmt(row['gd_loss'])} |" for row in r["ood_input_scale"]
+        f"| {row['alpha']:g} | {fmt(row['model_loss'])} | {fmt(row['gd_loss'])} |" for row in r["ood_input_scale"]
     )
-    interp_lines = "\n".join(f"| {row['alpha']:g} | {_fmt(row['loss'])} |" for row in r["interpolation"])
+    interp_lines = "\n".join(f"| {row['alpha']:g} | {fmt(row['loss'])} |" for row in r["interpolation"])
     figures = "".join(f"\n![{name}]({name})" for name in r["figures"])
     return f"""# One trained LSA layer = one step of gradient descent
 

@@ -43,6 +43,7 @@ from iclgd import baselines, metrics, plots, runio
 from iclgd._checks import finite_float, nonnegative_int, positive_int
 from iclgd.backends import fastest_backend, get_backend
 from iclgd.config import RunConfig, TrainConfig
+from iclgd.experiments.output import claims_table, fmt, write_outputs
 from iclgd.evaluate import DEFAULT_ALPHAS, compare_with_gd, stream, tune_gd_eta, validation_batch
 from iclgd.experiments.one_layer import x_scale_name
 from iclgd.models import LSAConfig
@@ -209,22 +210,14 @@ def run(out_dir: str | Path, setting: OODSetting, quiet: bool = False) -> dict:
     }
     results["eval_seconds"] = time.perf_counter() - started
 
-    if plots.matplotlib_available():
-        for key, (row_key, what) in SWEEPS.items():
-            plots.ood_sweep(out_dir / FIGURES[key], sweeps[key], row_key, what, band=OOD_GAP)
-        results["figures"] = list(FIGURES.values())
-    else:
-        results["figures"] = []
-    runio.write_json(out_dir / "results.json", results)
-    runio.atomic_write_text(out_dir / "report.md", report(results))
-    return results
+    def drawing(key):
+        row_key, what = SWEEPS[key]
+        return lambda path: plots.ood_sweep(path, sweeps[key], row_key, what, band=OOD_GAP)
+
+    return write_outputs(out_dir, results, {FIGURES[key]: drawing(key) for key in SWEEPS}, report)
 
 
 # --- the comparison with the paper ----------------------------------------------------------------
-
-
-def _fmt(entry: dict, digits: int = 4) -> str:
-    return f"{entry['mean']:.{digits}f} ± {entry['stderr']:.{digits}f}"
 
 
 def relative_gap(row: dict) -> tuple[float, float]:
@@ -249,7 +242,7 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
         gap, gap_err = relative_gap(own)
         rows.append((
             f"in distribution the {name} LSA equals one GD step with the eta tuned on its training tasks",
-            f"{_fmt(own['model_loss'])} vs GD {_fmt(own['gd_loss'])} (LSA/GD - 1 = {100 * gap:+.2f} ± {100 * gap_err:.2f}%)",
+            f"{fmt(own['model_loss'])} vs GD {fmt(own['gd_loss'])} (LSA/GD - 1 = {100 * gap:+.2f} ± {100 * gap_err:.2f}%)",
             f"|paired diff| <= {100 * IN_DISTRIBUTION_GAP:g}% of GD's loss", abs(gap) <= IN_DISTRIBUTION_GAP,
         ))
     for key, statement in (("input_scale", "under input-scale shift the trained LSA degrades like GD"),
@@ -263,8 +256,8 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
     diff = duel["distractors_minus_clean"]
     rows.append((
         "a model trained with distractors beats the clean model on distractor tasks",
-        f"{k} distractors, {r['setting']['duel_tasks']} tasks: {_fmt(duel['distractors_loss'])} vs clean "
-        f"{_fmt(duel['clean_loss'])} (paired diff {_fmt(diff, 5)}; their GDs {_fmt(duel['gd_distractors_minus_clean'], 5)})",
+        f"{k} distractors, {r['setting']['duel_tasks']} tasks: {fmt(duel['distractors_loss'])} vs clean "
+        f"{fmt(duel['clean_loss'])} (paired diff {fmt(diff, 5)}; their GDs {fmt(duel['gd_distractors_minus_clean'], 5)})",
         f"paired diff < 0 by >= {Z:g} s.e.", diff["mean"] + Z * diff["stderr"] < 0,
     ))
     return rows
@@ -275,16 +268,8 @@ def exit_code(r: dict) -> int:
     return 0 if all(row[3] for row in comparison_rows(r)) else 1
 
 
-def _cell(text: str) -> str:
-    """Text for a markdown table cell: a literal | (as in |LSA/GD - 1|) escaped."""
-    return text.replace("|", "\\|")
-
-
 def table(r: dict) -> str:
-    lines = ["| paper's statement | ours | criterion | holds |", "|---|---|---|---|"]
-    lines += [f"| {_cell(claim)} | {_cell(ours)} | {_cell(criterion)} | {'yes' if ok else 'NO'} |"
-              for claim, ours, criterion, ok in comparison_rows(r)]
-    return "\n".join(lines)
+    return claims_table(comparison_rows(r))
 
 
 def sweep_table(r: dict, key: str) -> str:
@@ -297,7 +282,7 @@ def sweep_table(r: dict, key: str) -> str:
         cells = []
         for row in rows:
             gap, gap_err = relative_gap(row)
-            cells.append(f" {_fmt(row['model_loss'])} | {_fmt(row['gd_loss'])} | {100 * gap:+.2f} ± {100 * gap_err:.2f}% |")
+            cells.append(f" {fmt(row['model_loss'])} | {fmt(row['gd_loss'])} | {100 * gap:+.2f} ± {100 * gap_err:.2f}% |")
         lines.append(f"| {rows[0][row_key]} |" + "".join(cells))
     return "\n".join(lines)
 
@@ -305,8 +290,8 @@ def sweep_table(r: dict, key: str) -> str:
 def head_to_head_table(r: dict) -> str:
     lines = ["| test distractors | LSA (clean) | LSA (distractors) | LSA: distractors - clean | GD: distractors' eta - clean's eta |",
              "|---|---|---|---|---|"]
-    lines += [f"| {row['n_distractors']} | {_fmt(row['clean_loss'])} | {_fmt(row['distractors_loss'])} | "
-              f"{_fmt(row['distractors_minus_clean'], 5)} | {_fmt(row['gd_distractors_minus_clean'], 5)} |"
+    lines += [f"| {row['n_distractors']} | {fmt(row['clean_loss'])} | {fmt(row['distractors_loss'])} | "
+              f"{fmt(row['distractors_minus_clean'], 5)} | {fmt(row['gd_distractors_minus_clean'], 5)} |"
               for row in r["head_to_head"]]
     return "\n".join(lines)
 
