@@ -32,7 +32,6 @@ yhat = -(query's y-slot after the layer); the loss is half the mean squared erro
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -48,9 +47,9 @@ from iclgd import baselines, metrics
 from iclgd.config import RunConfig, run_config_to_toml
 from iclgd.evaluate import compare_with_gd, stream, tune_gd_eta, validation_batch
 from iclgd.interpolate import effective_matrices
-from iclgd.runio import atomic_write_text, list_checkpoints, read_jsonl
+from iclgd.runio import list_checkpoints, read_jsonl
 from iclgd.train import TrainConfig, load_checkpoint, train
-from walkthrough import Checks, matrix_lines, max_abs_diff, Transcript
+from walkthrough import Checks, finish, matrix_lines, max_abs_diff, Transcript
 
 NAME = "01_one_step_gd"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -615,24 +614,7 @@ def main(argv=None) -> int:
     results["step3_training"] = ctx["training"]
     results["step4_comparison"] = step4_compare(t, checks, settings, config, params, ctx)
 
-    t.heading("Summary")
-    width = max(len(check.name) for check in checks.items)
-    for check in checks.items:
-        t.out(f"  [{'pass' if check.ok else 'FAIL'}] {check.name.ljust(width)}  {check.measured}")
-    results["checks"] = [asdict(check) for check in checks.items]
-    results["all_checks_passed"] = checks.all_passed
-    results["total_seconds"] = time.perf_counter() - started
-    t.out("")
-    t.out(f"total time {results['total_seconds']:.1f} s; training run in {run_dir}")
-    t.out(f"results: {results_dir / (NAME + '.json')} and {results_dir / (NAME + '.txt')}")
-    if checks.all_passed:
-        t.out("all checks passed")
-    else:
-        failed = [check.name for check in checks.items if not check.ok]
-        t.out(f"CHECKS FAILED ({len(failed)}): {'; '.join(failed)}")
-    atomic_write_text(results_dir / f"{NAME}.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(results_dir / f"{NAME}.txt", t.text())
-    return 0 if checks.all_passed else 1
+    return finish(t, checks, results, started, f"training run in {run_dir}", results_dir, NAME)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ error ("half-MSE").
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -61,9 +60,9 @@ from iclgd.evaluate import stream, tune_gd_eta, validation_batch
 from iclgd.experiments.multi_layer import QUOTED_TUNED_GD, MultiLayerSetting, layer_readouts
 from iclgd.gd_models import LearnedGDConfig, as_lsa, rates
 from iclgd.interpolate import effective_matrices
-from iclgd.runio import atomic_write_text, list_checkpoints, read_jsonl
+from iclgd.runio import list_checkpoints, read_jsonl
 from iclgd.train import load_checkpoint, train
-from walkthrough import Checks, matrix_lines, max_abs_diff, Transcript
+from walkthrough import Checks, finish, matrix_lines, max_abs_diff, Transcript
 
 NAME = "02_multi_layer"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -888,24 +887,7 @@ def main(argv=None) -> int:
     results["step4_recurrent_lsa"] = {key: value for key, value in lsa.items() if key not in ("trained", "gdpp_rates")}
     results["step5_weights"] = step5_weights(t, checks, settings, {"lsa": lsa})
 
-    t.heading("Summary")
-    width = max(len(check.name) for check in checks.items)
-    for check in checks.items:
-        t.out(f"  [{'pass' if check.ok else 'FAIL'}] {check.name.ljust(width)}  {check.measured}")
-    results["checks"] = [asdict(check) for check in checks.items]
-    results["all_checks_passed"] = checks.all_passed
-    results["total_seconds"] = time.perf_counter() - started
-    t.out("")
-    t.out(f"total time {results['total_seconds']:.1f} s; training runs in {run_dir}")
-    t.out(f"results: {results_dir / (NAME + '.json')} and {results_dir / (NAME + '.txt')}")
-    if checks.all_passed:
-        t.out("all checks passed")
-    else:
-        failed = [check.name for check in checks.items if not check.ok]
-        t.out(f"CHECKS FAILED ({len(failed)}): {'; '.join(failed)}")
-    atomic_write_text(results_dir / f"{NAME}.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(results_dir / f"{NAME}.txt", t.text())
-    return 0 if checks.all_passed else 1
+    return finish(t, checks, results, started, f"training runs in {run_dir}", results_dir, NAME)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import sys
 import tempfile
@@ -52,10 +51,9 @@ from iclgd.backends import fastest_backend
 from iclgd.config import run_config_to_toml
 from iclgd.evaluate import DEFAULT_ALPHAS, compare_with_gd, stream, tune_gd_eta, validation_batch
 from iclgd.experiments.ood import IN_DISTRIBUTION_GAP, OOD_GAP, Z, OODSetting
-from iclgd.runio import atomic_write_text
 from iclgd.tasks import X_DISTRIBUTIONS
 from iclgd.train import train
-from walkthrough import Checks, Transcript
+from walkthrough import Checks, finish, Transcript
 
 NAME = "03_out_of_distribution"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -427,24 +425,7 @@ def main(argv=None) -> int:
     results["step4_shifts"] = step4_shifts(t, checks, settings, trained)
     results["step5_duel"] = step5_duel(t, checks, settings, trained)
 
-    t.heading("Summary")
-    width = max(len(check.name) for check in checks.items)
-    for check in checks.items:
-        t.out(f"  [{'pass' if check.ok else 'FAIL'}] {check.name.ljust(width)}  {check.measured}")
-    results["checks"] = [asdict(check) for check in checks.items]
-    results["all_checks_passed"] = checks.all_passed
-    results["total_seconds"] = time.perf_counter() - started
-    t.out("")
-    t.out(f"total time {results['total_seconds']:.1f} s; training runs in {out_dir}")
-    t.out(f"results: {results_dir / (NAME + '.json')} and {results_dir / (NAME + '.txt')}")
-    if checks.all_passed:
-        t.out("all checks passed")
-    else:
-        failed = [check.name for check in checks.items if not check.ok]
-        t.out(f"CHECKS FAILED ({len(failed)}): {'; '.join(failed)}")
-    atomic_write_text(results_dir / f"{NAME}.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(results_dir / f"{NAME}.txt", t.text())
-    return 0 if checks.all_passed else 1
+    return finish(t, checks, results, started, f"training runs in {out_dir}", results_dir, NAME)
 
 
 if __name__ == "__main__":

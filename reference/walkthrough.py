@@ -6,10 +6,15 @@ the script's own folder: ``from walkthrough import Transcript, Checks``.
 """
 from __future__ import annotations
 
+import json
 import textwrap
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+from iclgd.runio import atomic_write_text
 
 
 class Transcript:
@@ -89,3 +94,27 @@ def matrix_lines(matrix: np.ndarray, row_labels, col_labels, decimals: int = 2) 
 def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
+
+
+def finish(t: Transcript, checks: Checks, results: dict, started: float, runs_note: str, results_dir: Path, name: str) -> int:
+    """The summary of every check, then ``name``.json (``results`` with the checks and the total
+    time) and ``name``.txt (the transcript) written atomically into ``results_dir``.  Returns the
+    exit status: 0 when every check passed, else 1."""
+    t.heading("Summary")
+    width = max(len(check.name) for check in checks.items)
+    for check in checks.items:
+        t.out(f"  [{'pass' if check.ok else 'FAIL'}] {check.name.ljust(width)}  {check.measured}")
+    results["checks"] = [asdict(check) for check in checks.items]
+    results["all_checks_passed"] = checks.all_passed
+    results["total_seconds"] = time.perf_counter() - started
+    t.out("")
+    t.out(f"total time {results['total_seconds']:.1f} s; {runs_note}")
+    t.out(f"results: {results_dir / (name + '.json')} and {results_dir / (name + '.txt')}")
+    if checks.all_passed:
+        t.out("all checks passed")
+    else:
+        failed = [check.name for check in checks.items if not check.ok]
+        t.out(f"CHECKS FAILED ({len(failed)}): {'; '.join(failed)}")
+    atomic_write_text(results_dir / f"{name}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(results_dir / f"{name}.txt", t.text())
+    return 0 if checks.all_passed else 1
