@@ -210,3 +210,16 @@ def test_learned_gd_models_refuse_the_in_graph_jax_sampler():
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, sampler="jax"))
     with pytest.raises(ValueError, match="sampler 'numpy'"):
         trainer_for(iclgd.get_backend("jax"), config)
+
+
+def test_iclgd_train_fits_a_learned_gdpp_model_from_a_config_file(tmp_path):
+    from iclgd.cli import main
+    from iclgd.train import latest_checkpoint
+
+    path = tmp_path / "gdpp.toml"
+    path.write_text('[task]\nd = 3\nn_context = 6\n[model]\nfamily = "gdpp"\nn_layers = 2\ntied = true\n'
+                    '[train]\nsteps = 30\nbatch_size = 64\nlr = 0.05\ncheckpoint_every = 10\n')
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    state, _ = latest_checkpoint(tmp_path / "run", "float64")
+    assert state.step == 30 and set(state.params) == {"eta", "gamma"} and state.params["eta"].shape == (1,)
+    assert 'family = "gdpp"' in (tmp_path / "run" / "config.toml").read_text()
