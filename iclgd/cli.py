@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tasks", type=int, default=200_000, help="Monte Carlo tasks for the optimum check")
     check.set_defaults(run=_check)
 
-    train = commands.add_parser("train", help="train an LSA model from a TOML config ([task], [model], [train])")
+    train = commands.add_parser("train", help="train a model (an LSA, or GD/GD++ with learned rates) from a TOML config ([task], [model], [train])")
     train.add_argument("--config", required=True, help="TOML file")
     train.add_argument("--out", required=True, help="run directory (resumed if it holds an unfinished run)")
     train.add_argument("--backend", default=None, help="override [train] backend: numpy, numba or jax")

@@ -114,12 +114,21 @@ class RunConfig:
     model: LSAConfig | LearnedGDConfig
     train: TrainConfig
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model, LearnedGDConfig) and self.train.sampler != "numpy":
+            raise ValueError(
+                f"learned-rate GD models (family {self.model.family!r}) train on the host data stream: "
+                f"sampler must be 'numpy'; got sampler {self.train.sampler!r}"
+            )
+
 
 TABLES = {"task": LinearRegressionTask, "model": LSAConfig, "train": TrainConfig}
 
 
-def _build(cls, table: dict, where: str, overrides: dict | None = None):
-    fields = [field.name for field in dataclasses.fields(cls)]
+def _build(cls, table: dict, where: str, overrides: dict | None = None, fixed: dict | None = None):
+    """``cls(**overrides, **table, **fixed)``; ``fixed`` fields are not keys the table may set."""
+    fixed = fixed or {}
+    fields = [field.name for field in dataclasses.fields(cls) if field.name not in fixed]
     for key in table:
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r}; expected one of {fields}")
@@ -127,7 +136,7 @@ def _build(cls, table: dict, where: str, overrides: dict | None = None):
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: key {key!r} must be a single value; got {type(value).__name__} {value!r}")
     try:
-        return cls(**{**(overrides or {}), **table})
+        return cls(**{**(overrides or {}), **table, **fixed})
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{where}: {error}") from None
 
@@ -142,18 +151,19 @@ def run_config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
     task = _build(LinearRegressionTask, data.get("task", {}), f"{source}: [task]")
     model_table = dict(data.get("model", {}))
     family = model_table.pop("family", "lsa")
-    if family not in MODEL_FAMILIES:
-        raise ConfigError(f"{source}: [model] key 'family' must be one of {list(MODEL_FAMILIES)}; got {family!r}")
+    if not isinstance(family, str) or family not in MODEL_FAMILIES:
+        raise ConfigError(f"{source}: [model]: key 'family' must be one of {list(MODEL_FAMILIES)}; got {family!r}")
     model_class, fixed = MODEL_FAMILIES[family]
-    if "variant" in model_table:
-        raise ConfigError(f"{source}: [model] unknown key 'variant'; the family key ({family!r}) says it")
-    model = _build(model_class, model_table, f"{source}: [model]", {"d": task.d, "n_context": task.n_context, **fixed})
+    model = _build(model_class, model_table, f"{source}: [model]", {"d": task.d, "n_context": task.n_context}, fixed)
     if model.d != task.d:
-        raise ConfigError(f"{source}: [model] key 'd' = {model.d} disagrees with [task] d = {task.d}")
+        raise ConfigError(f"{source}: [model]: key 'd' = {model.d} disagrees with [task] d = {task.d}")
     if model.n_context != task.n_context:
-        raise ConfigError(f"{source}: [model] key 'n_context' = {model.n_context} disagrees with [task] n_context = {task.n_context}")
+        raise ConfigError(f"{source}: [model]: key 'n_context' = {model.n_context} disagrees with [task] n_context = {task.n_context}")
     train = _build(TrainConfig, data.get("train", {}), f"{source}: [train]")
-    return RunConfig(task, model, train)
+    try:
+        return RunConfig(task, model, train)
+    except ValueError as error:
+        raise ConfigError(f"{source}: [train]: {error}") from None
 
 
 def load_run_config(path: str | Path) -> RunConfig:

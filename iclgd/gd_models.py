@@ -39,6 +39,7 @@ import numpy as np
 from iclgd._checks import finite_array, finite_float, float_dtype, positive_int
 from iclgd.construct import gdpp_construction
 from iclgd.models import LSAConfig, layer_prefixes
+from iclgd.models import param_shapes as lsa_param_shapes
 from iclgd.tasks import as_generator
 
 VARIANTS = ("gd", "gdpp")
@@ -147,8 +148,14 @@ def to_lsa_params(cfg: LearnedGDConfig, params: dict) -> dict[str, np.ndarray]:
 
 
 def pullback(cfg: LearnedGDConfig, lsa_grads: dict) -> dict[str, np.ndarray]:
-    """The rates' gradient from the LSA weights' gradient (chain rule, module doc)."""
+    """The rates' gradient from the LSA weights' gradient (chain rule, module doc).  ``lsa_grads``
+    must hold the W_o gradient of every weight set of ``cfg.lsa_config()``; ValueError otherwise."""
     d, n = cfg.d, cfg.n_context
+    for name, shape in lsa_param_shapes(cfg.lsa_config()).items():
+        if name.endswith(".w_o") and (name not in lsa_grads or np.shape(lsa_grads[name]) != shape):
+            got = f"shape {np.shape(lsa_grads[name])}" if name in lsa_grads else "no such key"
+            raise ValueError(f"lsa_grads[{name!r}] must have shape {shape} (the LSA form of this model: "
+                             f"{'tied' if cfg.tied else 'untied'}, {cfg.n_layers} layers); got {got}")
     grads = {name: np.zeros(shape, cfg.dtype) for name, shape in param_shapes(cfg).items()}
     for prefix, index in _rate_index(cfg):
         g = np.asarray(lsa_grads[f"{prefix}.w_o"], dtype=np.float64)

@@ -170,7 +170,9 @@ def test_an_lsa_run_config_round_trips_with_its_family_written(tmp_path):
     "model_table, message",
     [
         ('family = "sgd"', "family' must be one of ['lsa', 'gd', 'gdpp']; got 'sgd'"),
-        ('family = "gd"\nvariant = "gdpp"', "unknown key 'variant'"),
+        ('family = ["gd"]', "family' must be one of ['lsa', 'gd', 'gdpp']; got ['gd']"),
+        ('family = "gd"\nvariant = "gdpp"', "unknown key 'variant'; expected one of ['d', 'n_context', 'n_layers', 'tied', 'dtype']"),
+        ('variant = "gdpp"', "unknown key 'variant'"),
         ('family = "gd"\nn_heads = 2', "unknown key 'n_heads'"),
         ('family = "gdpp"\nn_layers = 0', "n_layers must be a positive integer"),
     ],
@@ -178,7 +180,7 @@ def test_an_lsa_run_config_round_trips_with_its_family_written(tmp_path):
 def test_bad_model_families_are_reported_with_file_and_key(tmp_path, model_table, message):
     path = tmp_path / "run.toml"
     path.write_text(f"[task]\nd = 3\n[model]\n{model_table}\n")
-    with pytest.raises(ConfigError, match="run.toml: \\[model\\]") as error:
+    with pytest.raises(ConfigError, match="run.toml: \\[model\\]: ") as error:
         load_run_config(path)
     assert message in str(error.value)
 
@@ -204,12 +206,18 @@ def test_bad_learned_gd_configs_say_what_was_expected():
         LearnedGDConfig(d=2, n_context=3, tied="yes")
 
 
-def test_learned_gd_models_refuse_the_in_graph_jax_sampler():
-    pytest.importorskip("jax")
+def test_learned_gd_models_refuse_the_in_graph_jax_sampler_before_anything_is_written():
     config = learned_run(backend="jax")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, sampler="jax"))
-    with pytest.raises(ValueError, match="sampler 'numpy'"):
-        trainer_for(iclgd.get_backend("jax"), config)
+    with pytest.raises(ValueError, match="sampler must be 'numpy'; got sampler 'jax'"):
+        dataclasses.replace(config, train=dataclasses.replace(config.train, sampler="jax"))
+
+
+def test_a_learned_gd_config_file_with_the_jax_sampler_is_a_config_error(tmp_path):
+    pytest.importorskip("jax")
+    path = tmp_path / "run.toml"
+    path.write_text('[task]\nd = 3\n[model]\nfamily = "gd"\n[train]\nbackend = "jax"\nsampler = "jax"\n')
+    with pytest.raises(ConfigError, match=r"run.toml: \[train\]: .*sampler must be 'numpy'"):
+        load_run_config(path)
 
 
 def test_iclgd_train_fits_a_learned_gdpp_model_from_a_config_file(tmp_path):
@@ -223,3 +231,11 @@ def test_iclgd_train_fits_a_learned_gdpp_model_from_a_config_file(tmp_path):
     state, _ = latest_checkpoint(tmp_path / "run", "float64")
     assert state.step == 30 and set(state.params) == {"eta", "gamma"} and state.params["eta"].shape == (1,)
     assert 'family = "gdpp"' in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_pullback_rejects_gradients_of_another_lsa_layout():
+    untied = LearnedGDConfig(d=2, n_context=3, n_layers=2, variant="gdpp")
+    _, lsa_params = gd_models.as_lsa(untied, gd_models.init_params(untied))
+    tied = LearnedGDConfig(d=2, n_context=3, n_layers=2, tied=True, variant="gdpp")
+    with pytest.raises(ValueError, match=r"lsa_grads\['shared.w_o'\] must have shape \(1, 3, 3\) .*tied, 2 layers\); got no such key"):
+        gd_models.pullback(tied, lsa_params)

@@ -12,7 +12,11 @@ import iclgd
 from iclgd import baselines, runio
 from iclgd.cli import main
 from iclgd.experiments import multi_layer
-from iclgd.gd_models import LearnedGDConfig
+from iclgd.config import run_config_to_toml
+from iclgd.evaluate import validation_batch
+from iclgd.gd_models import LearnedGDConfig, as_lsa
+from iclgd.metrics import half_squared_errors
+from iclgd.train import latest_checkpoint
 
 numpy_backend = iclgd.get_backend("numpy")
 FILES = ["results.json", "report.md", "loss_by_depth.png", "loss_by_layer.png", "alignment_by_depth.png"]
@@ -55,19 +59,27 @@ def test_every_loss_and_alignment_number_has_a_standard_error(quick_run):
             assert set(entry) == {"mean", "stderr"} and entry["stderr"] > 0
 
 
-def test_the_last_layer_read_out_is_the_reported_loss(quick_run):
-    _, _, results = quick_run
+def test_the_reported_loss_is_the_trained_models_prediction_loss_on_the_validation_tasks(quick_run):
+    _, out, results = quick_run
+    setting = multi_layer.MultiLayerSetting.quick(tied=True, backend="numpy")
+    batch = validation_batch(setting.task, setting.val_tasks, setting.seed)
     for row in results["depths"]:
-        for name, per_layer in row["loss_per_layer"].items():
-            assert len(per_layer) == row["n_layers"]
-            assert per_layer[-1]["mean"] == pytest.approx(row["loss"][name]["mean"], rel=1e-12)
+        for model in multi_layer.MODELS:
+            config = setting.run_config(row["n_layers"], model)
+            params = latest_checkpoint(out / f"K{row['n_layers']}" / model, "float64")[0].params
+            prediction = numpy_backend.predict(*as_lsa(config.model, params), batch.tokens)
+            loss = np.mean(half_squared_errors(prediction, batch.targets))
+            assert row["loss"][model]["mean"] == pytest.approx(loss, rel=1e-9)
+            assert len(row["loss_per_layer"][model]) == row["n_layers"]
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same_numbers(quick_run):
     first_code, out, results = quick_run
+    checkpoints = {path: path.stat().st_mtime_ns for path in out.glob("K*/*/checkpoints/*.npz")}
     code = main(["reproduce", "multi-layer", "--quick", "--tied", "--out", str(out), "--quiet", "--backend", "numpy"])
     again = json.loads((out / "results.json").read_text())
     assert again["depths"] == results["depths"] and code == first_code
+    assert {path: path.stat().st_mtime_ns for path in out.glob("K*/*/checkpoints/*.npz")} == checkpoints
 
 
 @settings(max_examples=15, deadline=None)
@@ -78,6 +90,58 @@ def test_reading_out_after_layer_l_of_the_gd_construction_gives_l_gd_steps(d, n_
     readouts = multi_layer.layer_readouts(numpy_backend, cfg, {"eta": np.array([eta])}, batch.tokens)
     for steps, readout in enumerate(readouts, start=1):
         np.testing.assert_allclose(readout, baselines.gd_predict(batch.tokens, eta, steps), rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 6), st.integers(1, 4), seeds)
+def test_reading_out_after_layer_l_of_untied_gdpp_gives_its_first_l_steps(d, n_context, n_layers, seed):
+    cfg = LearnedGDConfig(d=d, n_context=n_context, n_layers=n_layers, variant="gdpp")
+    rng = np.random.default_rng(seed)
+    params = {"eta": rng.uniform(0.1, 1.0, n_layers), "gamma": rng.uniform(-0.5, 0.5, n_layers)}
+    batch = random_batch(d, n_context, 4, seed)
+    readouts = multi_layer.layer_readouts(numpy_backend, cfg, params, batch.tokens)
+    for steps, readout in enumerate(readouts, start=1):
+        expected = baselines.gdpp_predict(batch.tokens, params["eta"][:steps], params["gamma"][:steps], steps)
+        np.testing.assert_allclose(readout, expected, rtol=1e-9, atol=1e-12)
+
+
+def made_up_results(lsa, gdpp, tuned_gd=(0.80, 0.62, 0.52), tied=True, stderr=0.001):
+    """Results with the given mean losses per depth K = 1, 2, ...: enough for comparison_rows."""
+    depths = []
+    for k, (a, g, t) in enumerate(zip(lsa, gdpp, tuned_gd), start=1):
+        depths.append({
+            "n_layers": k,
+            "loss": {"lsa": {"mean": a, "stderr": stderr}, "gdpp": {"mean": g, "stderr": stderr},
+                     "tuned_gd": {"mean": t, "stderr": 0.01}},
+            "paired": {"lsa_minus_tuned_gd": {"mean": a - t, "stderr": stderr},
+                       "lsa_minus_gdpp": {"mean": a - g, "stderr": stderr}},
+        })
+    return {"depths": depths, "setting": {"tied": tied}, "quoted_tuned_gd": {"2": 0.626}}
+
+
+def test_claims_hold_for_an_lsa_on_gdpp_and_below_gd():
+    rows = multi_layer.comparison_rows(made_up_results(lsa=(0.80, 0.44, 0.31), gdpp=(0.80, 0.44, 0.30)))
+    assert [row[3] for row in rows] == [True, True, True, True]
+
+
+def test_an_lsa_3_percent_worse_than_gd_at_one_depth_fails_the_no_worse_claim():
+    rows = multi_layer.comparison_rows(made_up_results(lsa=(0.824, 0.44, 0.31), gdpp=(0.80, 0.44, 0.31)))
+    assert [row[3] for row in rows] == [True, False, True, True]
+
+
+def test_a_recurrent_lsa_6_percent_above_gdpp_fails_the_gdpp_claim():
+    rows = multi_layer.comparison_rows(made_up_results(lsa=(0.80, 0.44, 0.3286), gdpp=(0.80, 0.44, 0.31)))
+    assert rows[-1][0].endswith("within 5% of trained GD++") and rows[-1][3] is False
+
+
+def test_a_single_depth_without_a_reference_value_makes_no_claim_about_gd_falling():
+    rows = multi_layer.comparison_rows(made_up_results(lsa=(0.80,), gdpp=(0.80,), tuned_gd=(0.80,)))
+    assert not any(row[0].startswith("tuned K-step GD falls") for row in rows)
+
+
+def test_tuned_gd_off_its_reference_value_fails_the_first_claim():
+    rows = multi_layer.comparison_rows(made_up_results(lsa=(0.80, 0.44), gdpp=(0.80, 0.44), tuned_gd=(0.80, 0.70)))
+    assert rows[0][0].startswith("tuned K-step GD falls") and rows[0][3] is False
 
 
 def test_a_model_compared_with_itself_is_perfectly_aligned():
@@ -108,3 +172,12 @@ def test_bad_multi_layer_arguments_exit_2_with_a_message(args, message, capsys, 
     assert main(["reproduce", "multi-layer", "--quick", "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_conflicting_run_directory_at_a_later_depth_is_refused_before_anything_trains(tmp_path, capsys):
+    other = multi_layer.MultiLayerSetting.quick(seed=1, backend="numpy").run_config(2, "gd")
+    (tmp_path / "K2" / "gd").mkdir(parents=True)
+    (tmp_path / "K2" / "gd" / "config.toml").write_text(run_config_to_toml(other))
+    assert main(["reproduce", "multi-layer", "--quick", "--out", str(tmp_path), "--backend", "numpy", "--quiet"]) == 2
+    assert "holds a run with a different configuration" in capsys.readouterr().err
+    assert not (tmp_path / "K1").exists()
