@@ -31,7 +31,6 @@ yhat = -(query's y-slot after the layer); the loss is half the mean squared erro
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from iclgd.evaluate import compare_with_gd, stream, tune_gd_eta, validation_batc
 from iclgd.interpolate import effective_matrices
 from iclgd.runio import list_checkpoints, read_jsonl
 from iclgd.train import TrainConfig, load_checkpoint, train
-from walkthrough import Checks, finish, matrix_lines, max_abs_diff, Transcript
+from walkthrough import Checks, finish, matrix_lines, max_abs_diff, parse_args, Transcript
 
 NAME = "01_one_step_gd"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -573,17 +572,8 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"every step, smaller: {QUICK.steps} training steps, {QUICK.val_tasks} validation tasks")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for the training run (and, with --quick, the results); default: a new temporary directory")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__, f"{QUICK.steps} training steps, {QUICK.val_tasks} validation tasks", "training run")
     settings = QUICK if args.quick else FULL
     out_dir = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix=f"iclgd_{NAME}_"))
     run_dir = out_dir / "run"

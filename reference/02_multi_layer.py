@@ -41,7 +41,6 @@ error ("half-MSE").
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import tempfile
@@ -62,7 +61,7 @@ from iclgd.gd_models import LearnedGDConfig, as_lsa, rates
 from iclgd.interpolate import effective_matrices
 from iclgd.runio import list_checkpoints, read_jsonl
 from iclgd.train import load_checkpoint, train
-from walkthrough import Checks, finish, matrix_lines, max_abs_diff, Transcript
+from walkthrough import Checks, finish, matrix_lines, max_abs_diff, parse_args, Transcript
 
 NAME = "02_multi_layer"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -829,18 +828,8 @@ def step5_weights(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"every step, smaller: {lsa_steps(QUICK, DEPTHS[-1])} LSA steps for K = {DEPTHS[-1]}, "
-                             f"{QUICK.val_tasks} validation tasks")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for the training runs (and, with --quick, the results); default: a new temporary directory")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__, f"{lsa_steps(QUICK, DEPTHS[-1])} LSA steps for K = {DEPTHS[-1]}, {QUICK.val_tasks} validation tasks", "training runs")
     settings = QUICK if args.quick else FULL
     out_dir = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix=f"iclgd_{NAME}_"))
     run_dir = out_dir / "runs"

@@ -34,7 +34,6 @@ error ("half-MSE").
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 import sys
@@ -53,7 +52,7 @@ from iclgd.evaluate import DEFAULT_ALPHAS, compare_with_gd, stream, tune_gd_eta,
 from iclgd.experiments.ood import IN_DISTRIBUTION_GAP, OOD_GAP, Z, OODSetting
 from iclgd.tasks import X_DISTRIBUTIONS
 from iclgd.train import train
-from walkthrough import Checks, finish, Transcript
+from walkthrough import Checks, finish, parse_args, Transcript
 
 NAME = "03_out_of_distribution"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -384,17 +383,8 @@ def backend_description() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"every step, smaller: {QUICK.steps} training steps, {QUICK.val_tasks} validation tasks")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for the training runs (and, with --quick, the results); default: a new temporary directory")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__, f"{QUICK.steps} training steps, {QUICK.val_tasks} validation tasks", "training runs")
     settings = QUICK if args.quick else FULL
     out_dir = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix=f"iclgd_{NAME}_"))
     results_dir = out_dir if settings.quick else RESULTS_DIR

@@ -6,6 +6,7 @@ the script's own folder: ``from walkthrough import Transcript, Checks``.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import textwrap
 import time
@@ -118,3 +119,13 @@ def finish(t: Transcript, checks: Checks, results: dict, started: float, runs_no
     atomic_write_text(results_dir / f"{name}.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(results_dir / f"{name}.txt", t.text())
     return 0 if checks.all_passed else 1
+
+
+def parse_args(argv, doc: str, quick_help: str, runs: str):
+    """The command line every walkthrough takes: --quick (``quick_help`` says how much smaller) and
+    --out (the folder for its ``runs`` and, with --quick, its results)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"every step, smaller: {quick_help}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"directory for the {runs} (and, with --quick, the results); default: a new temporary directory")
+    return parser.parse_args(argv)
