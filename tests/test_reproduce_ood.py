@@ -19,13 +19,12 @@ from iclgd.experiments.ood import OODSetting
 from iclgd.tasks import X_DISTRIBUTIONS
 from iclgd.train import load_checkpoint
 
-QUICK = dict(steps=100, val_tasks=2000, tune_tasks=10_000, duel_tasks=2000)  # duel on the sweep tasks
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ood")
-    setting = OODSetting(**QUICK)
+    setting = OODSetting.quick()  # the duel runs on as many tasks as the sweeps
     return setting, out, ood.run(out, setting, quiet=True)
 
 

@@ -28,15 +28,13 @@ chunk sums its tasks' gradients in order, and the chunks are added in order; so 
 not depend on the number of threads.  Tests hold every function to the oracle.
 
 Threads: numba's OpenMP layer (libgomp) lets idle threads spin for a long while before they
-sleep.  On a shared machine (another busy process on one of 2 cores) that made a step 2-4x
-slower; sleeping at once (OMP_WAIT_POLICY=passive) fixes that but doubles a quiet machine's
-one-layer step (1.2 -> 2.2 ms, thread wake-ups).  A short spin does both: constructing a
-NumbaBackend sets ``GOMP_SPINCOUNT=10000`` in ``os.environ`` unless GOMP_SPINCOUNT or
-OMP_WAIT_POLICY is already set (measured: 1.17 ms quiet, the one-layer float32 train step of
-``iclgd bench``; with a busy loop on the other core a 2-layer batch-1024 step took 10.7 ms,
-against 10.9 passive and 13.7 spinning).  OpenMP reads it when its runtime loads (here: at the
-first parallel kernel), so it has no effect if another library loaded OpenMP earlier; being an
-environment variable, it also reaches subprocesses.  Speed only: results do not depend on it.
+sleep, which slows a step when another process shares the cores.  Constructing a NumbaBackend
+therefore sets ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep) in ``os.environ`` unless
+GOMP_SPINCOUNT or OMP_WAIT_POLICY is already set; ``benchmarks/omp_wait.py`` measures every
+setting, quiet and with a busy process (README, "numba threads").  OpenMP reads it when its
+runtime loads (here: at the first parallel kernel), so it has no effect if another library
+loaded OpenMP earlier; being an environment variable, it also reaches subprocesses.  Speed
+only: results do not depend on it.
 """
 from __future__ import annotations
 
