@@ -6,26 +6,54 @@ or the new one, never a mixture. ``metrics.jsonl`` is the one file appended to; 
 line (a crash mid-append) is dropped when the run resumes.
 
 Layout: config.toml, metrics.jsonl, checkpoints/step_XXXXXXXX.npz, results.json, params.npz,
-figures (*.png) and report.md.
+figures (*.png) and report.md; while a process writes the run, ``.lock`` names it (``RunLock``).
+
+Reading is defensive: ``load_npz`` reads every array's header (shape and dtype) before any
+data and refuses arrays that the caller did not expect, or that claim more bytes than the file
+can hold, so a small crafted file cannot make the reader allocate gigabytes; ``read_jsonl``
+reports every line it cannot parse instead of dropping it silently.
 """
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
+import socket
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
+TEMP_SUFFIX = ".tmp"
+#: Deflate cannot expand data by more than about 1032:1; a member claiming more is crafted.
+MAX_DEFLATE_RATIO = 1100
+#: The largest text array ``load_npz`` accepts where a short text is expected (bytes of UCS-4).
+MAX_TEXT_BYTES = 4 * 4096
+
+
+class RunFileError(ValueError):
+    """A run-directory file that cannot be used (damaged, crafted, or of another run)."""
+
+
+class RunLocked(ValueError):
+    """Another process is writing the run directory."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr, ``iclgd: warning: message`` (what a user must know, not a traceback)."""
+    print(f"iclgd: warning: {message}", file=sys.stderr)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode of a new file
         with os.fdopen(fd, "wb") as handle:
@@ -60,9 +88,78 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+def _read_npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of a .npy stream, reading no data."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Every array's (shape, dtype) in an .npz file, read from the headers alone.
+
+    Raises RunFileError when the file is not a readable .npz, holds an object array, or an
+    array claims more bytes than its zip member declares (or than deflate could expand to)."""
+    path = Path(path)
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise RunFileError(f"{path}: member {info.filename!r} is not a .npy array")
+                ratio_cap = 1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO
+                if info.file_size > ratio_cap * info.compress_size + 1024:
+                    raise RunFileError(
+                        f"{path}: member {info.filename!r} claims {info.file_size} bytes from {info.compress_size} stored"
+                    )
+                with archive.open(info) as handle:
+                    shape, dtype = _read_npy_header(handle)
+                if dtype.hasobject:
+                    raise RunFileError(f"{path}: array {info.filename[:-4]!r} holds Python objects; only numeric arrays are read")
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise RunFileError(
+                        f"{path}: array {info.filename[:-4]!r} claims shape {shape} ({nbytes} bytes) "
+                        f"in a member of {info.file_size} bytes"
+                    )
+                headers[info.filename[:-4]] = (shape, dtype)
+    except (zipfile.BadZipFile, ValueError, EOFError, KeyError) as error:
+        if isinstance(error, RunFileError):
+            raise
+        raise RunFileError(f"{path}: not a readable .npz file ({error})") from None
+    return headers
+
+
+def load_npz(path: Path, expected: dict[str, tuple[tuple[int, ...], str]] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, after checking every header (``npz_headers``).
+
+    ``expected`` (name -> (shape, dtype name)), when given, must match the file exactly: the same
+    names, shapes and dtypes (dtype "str": a unicode text of at most MAX_TEXT_BYTES); anything else raises RunFileError naming the first difference,
+    before any array is read."""
+    headers = npz_headers(path)
+    if expected is not None:
+        missing, unexpected = sorted(set(expected) - set(headers)), sorted(set(headers) - set(expected))
+        if missing or unexpected:
+            raise RunFileError(f"{path}: arrays missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, (shape, dtype) in expected.items():
+            if dtype == "str":  # a short text (JSON) stored as a 0-d unicode array
+                if headers[name][0] != tuple(shape) or headers[name][1].kind != "U" or headers[name][1].itemsize > MAX_TEXT_BYTES:
+                    raise RunFileError(f"{path}: array {name!r} must be a short text; got shape {headers[name][0]}, dtype {headers[name][1]}")
+            elif headers[name][0] != tuple(shape) or headers[name][1] != np.dtype(dtype):
+                raise RunFileError(
+                    f"{path}: array {name!r} has shape {headers[name][0]} and dtype {headers[name][1]}; "
+                    f"expected {tuple(shape)} and {np.dtype(dtype)}"
+                )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
+        raise RunFileError(f"{path}: not a readable .npz file ({error})") from None
 
 
 def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
@@ -76,6 +173,17 @@ def load_params(path: Path) -> dict[str, np.ndarray]:
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.npz"
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files (``.NAME.XXXX.tmp``) that killed writers left in the run directory and
+    its checkpoint folder; returns what was removed.  Call it only while holding the RunLock."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):
+        for path in folder.glob(f".*{TEMP_SUFFIX}") if folder.is_dir() else []:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -95,18 +203,96 @@ def append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete, parseable line of a JSON-lines file (a torn last line is skipped)."""
+def read_jsonl(path: Path, report=warn) -> list[dict]:
+    """Every parseable line of a JSON-lines file, as dicts.  A line that is not a JSON object
+    (a torn last line after a crash mid-append, or damage) is left out and ``report``ed with its
+    file and line number; ``report=None`` keeps quiet."""
     if not Path(path).exists():
         return []
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif report is not None:
+            report(f"{path}: line {number} is not a JSON record and is left out: {line[:60]!r}")
     return records
 
 
 def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of a writer.
+
+    ``acquire()`` creates the directory if needed and takes ``flock(LOCK_EX | LOCK_NB)`` on the
+    directory itself; the kernel releases it when the process ends, however it ends, so a killed
+    writer never leaves a stale lock.  The holder's pid, host, start time and command line are
+    written to ``.lock`` for the message another writer gets (``RunLocked``), and the file is
+    removed on ``release()``.  Linux/macOS only (fcntl)."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.fd = Path(run_dir), None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLocked(f"{self.path} is being written by another process ({self.holder()}); "
+                            "wait for it to finish or choose another output directory") from None
+        self.fd = fd
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                  "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        try:
+            atomic_write_text(self.path / LOCK_FILE, json.dumps(holder) + "\n")
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def check_free(self) -> None:
+        """Raise RunLocked if another process holds the lock now (takes and drops it; writes nothing)."""
+        import fcntl
+
+        if not self.path.is_dir():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"{self.path} is being written by another process ({self.holder()}); "
+                            "wait for it to finish or choose another output directory") from None
+        finally:
+            os.close(fd)
+
+    def holder(self) -> str:
+        """Who holds the lock, as ``.lock`` says (best effort: it may be mid-write)."""
+        try:
+            info = json.loads((self.path / LOCK_FILE).read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on {info['host']}, since {info['since']}: {info['command']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
