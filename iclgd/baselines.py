@@ -37,16 +37,7 @@ import numpy as np
 
 from iclgd._checks import finite_array, finite_float, nonnegative_int, positive_int
 from iclgd.tasks import resolve_x_scale
-
-
-def split_tokens(tokens: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B, N + 1, d + 1) tokens -> context inputs X (B, N, d), labels y (B, N), query x_q (B, d),
-    all float64.  Raises ValueError on a wrong shape or non-finite values."""
-    tokens = finite_array("tokens", tokens, ndim=3)
-    if tokens.shape[0] < 1 or tokens.shape[1] < 2 or tokens.shape[2] < 2:
-        raise ValueError(f"tokens must have shape (B, N + 1, d + 1) with B, N, d >= 1; got {tokens.shape}")
-    tokens = tokens.astype(np.float64, copy=False)
-    return tokens[:, :-1, :-1], tokens[:, :-1, -1], tokens[:, -1, :-1]
+from iclgd.tokens.constructed import split as split_tokens  # (B, N+1, d+1) -> X (B,N,d), y (B,N), x_q (B,d)
 
 
 def _initial_weights(w0: object, batch_size: int, d: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 r"""Evaluating a trained model against gradient descent on the same tasks.
 
-Seeds: validation and line-search tasks come from streams keyed by (seed, purpose), so they
-never overlap with each other or with the training stream of iclgd.train.
+Seeds: validation and line-search tasks come from streams keyed by (seed, purpose)
+(``iclgd.streams.purpose_rng``, here called ``stream``), so they never overlap with each other
+or with the training stream.
 
 * GD's step size is tuned as the paper did, by a line search on training-distribution tasks
   (not the validation tasks): for one step the sample loss is a parabola in eta and its
@@ -13,7 +14,6 @@ never overlap with each other or with the training stream of iclgd.train.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,15 +22,11 @@ from iclgd import baselines, metrics
 from iclgd._checks import positive_int
 from iclgd.interpolate import interpolate
 from iclgd.models import LSAConfig
+from iclgd.streams import purpose_rng as stream  # (seed, purpose) -> an independent generator
 from iclgd.tasks import Batch, LinearRegressionTask
 
 DEFAULT_ALPHAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 DEFAULT_INTERPOLATION = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def stream(seed: int, purpose: str) -> np.random.Generator:
-    """An independent generator for each (seed, purpose) pair."""
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(purpose.encode())]))
 
 
 def validation_batch(task: LinearRegressionTask, n_tasks: int, seed: int) -> Batch:

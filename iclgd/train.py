@@ -27,6 +27,7 @@ from iclgd.backends.training import StepRecord, TrainState, batch_rng, initial_s
 from iclgd.config import TrainConfig, load_run_config, run_config_to_toml  # noqa: F401 (TrainConfig re-exported)
 from iclgd.models import param_shapes
 from iclgd.optim import AdamState
+from iclgd.streams import DATA_STREAMS
 
 
 ADVANCE_CHUNK = 100  # steps per trainer call: few host round trips, a live progress bar
@@ -47,15 +48,12 @@ class RunInterrupted(Exception):
         self.exit_code = 128 + signal_number
 
 
-DATA_STREAMS = {"numpy": "iclgd.train.batch_rng(seed, t)", "jax": "jax.random.fold_in(PRNGKey(seed), t)"}
-
-
 def config_fingerprint(config) -> str:
     """What a run *is*: the SHA-256 (first 16 hex digits) of its resolved config.toml with the
     backend left out (the backend is how a run is computed, not what it is: any backend may
     resume any run).  Every checkpoint carries it, so a checkpoint of another run is refused."""
-    neutral = dataclasses.replace(config, train=dataclasses.replace(config.train, backend="numpy"))
-    return hashlib.sha256(run_config_to_toml(neutral).encode("utf-8")).hexdigest()[:16]
+    lines = [line for line in run_config_to_toml(config).splitlines() if not line.startswith("backend = ")]
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
 
 
 def _param_shapes(model) -> dict[str, tuple[int, ...]]:
