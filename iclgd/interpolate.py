@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from iclgd._checks import finite_float
-from iclgd.models import LSAConfig, check_params, layer_prefixes
+from iclgd.models import LSAConfig, attention_products, check_params, layer_prefixes
 
 
 def effective_matrices(cfg: LSAConfig, params: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -31,9 +31,7 @@ def effective_matrices(cfg: LSAConfig, params: dict) -> dict[str, tuple[np.ndarr
     params = check_params(cfg, params)
     out = {}
     for prefix in dict.fromkeys(layer_prefixes(cfg)):
-        w_qk = params[f"{prefix}.w_q"] @ params[f"{prefix}.w_k"].swapaxes(-1, -2)
-        w_ov = params[f"{prefix}.w_v"] @ params[f"{prefix}.w_o"]
-        out[prefix] = (w_qk, w_ov)
+        out[prefix] = attention_products(params, prefix)
     return out
 
 

@@ -1,22 +1,230 @@
-r"""Adam with global-norm gradient clipping and a learning-rate schedule, in NumPy.
+r"""Optimisers as composable gradient transformations, in NumPy (the design of optax).
 
-With g the gradient (all parameters), clipping rescales it to ``g * min(1, c / ||g||)``
-(``||g||`` the global L2 norm over every parameter). Adam (Kingma & Ba, 2015), step t = 1, 2, ...:
+Params, gradients and updates are flat dicts name -> np.ndarray.  A ``GradientTransformation``
+is a pair of pure functions
+
+    init(params) -> state
+    update(updates, state, params) -> (updates', state')
+
+that maps the incoming updates (at first the gradient g) to new ones and advances its own
+state; ``chain(t_1, ..., t_k)`` runs them in turn (its state is the tuple of theirs) and
+``apply_updates(params, u)`` returns ``p + u`` cast to p's dtype.  The transforms here, with
+u the incoming updates and t = 0, 1, ... the number of updates a transform has already made:
+
+    clip_by_global_norm(c):     u <- u * min(1, c / ||u||)     (||u||: the global L2 norm over
+                                                                every parameter; u kept if ||u|| = 0)
+    scale_by_adam(b1, b2, eps): m <- b1 m + (1 - b1) u,  v <- b2 v + (1 - b2) u^2,
+                                u <- (m / (1 - b1^(t+1))) / (sqrt(v / (1 - b2^(t+1))) + eps)
+    scale_by_schedule(f):       u <- f(t) u
+    scale_by_learning_rate(f):  u <- -f(t) u                   (descent: p + u = p - f(t) u)
+
+Adam (Kingma & Ba, 2015) with global-norm clipping and the rate lr_t is their chain,
+``adam_chain(config)`` = chain(clip_by_global_norm(c), scale_by_adam(b1, b2, eps),
+scale_by_learning_rate(lr_t)), i.e. with g the clipped gradient and t = 1, 2, ...
 
     m <- b1 m + (1 - b1) g        v <- b2 v + (1 - b2) g^2
-    p <- p - lr_t * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    p <- p - lr_{t-1} * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
 which is also what ``optax.chain(optax.clip_by_global_norm(c), optax.adam(lr_t, b1, b2, eps))``
-computes, so the jax backend can be held to this one.
+computes, so the jax backend can be held to this one.  ``adam_update`` is one step of it on an
+``AdamState`` (the checkpoint's m, v and count).  Schedules are functions of the number of
+updates already made: the first update uses lr_0.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Union
 
 import numpy as np
 
+Params = dict[str, np.ndarray]
+Schedule = Callable[[int], float]
+
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+# --- the transform interface ---------------------------------------------------------------------
+
+
+class GradientTransformation(NamedTuple):
+    """``init(params) -> state``; ``update(updates, state, params=None) -> (updates, new_state)``.
+    Both are pure: neither changes its arguments."""
+
+    init: Callable[[Params], Any]
+    update: Callable[..., tuple[Params, Any]]
+
+
+class EmptyState(NamedTuple):
+    """The state of a transform that keeps none."""
+
+
+class ScheduleState(NamedTuple):
+    """The number of updates a schedule-driven transform has made."""
+
+    count: int
+
+
+def identity() -> GradientTransformation:
+    """u <- u."""
+    return GradientTransformation(lambda params: EmptyState(), lambda updates, state, params=None: (updates, state))
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """t_k o ... o t_1: each transform's update is fed the previous one's output; the state is
+    the tuple of their states.  ``chain()`` is the identity."""
+    for i, transform in enumerate(transforms):
+        if not isinstance(transform, GradientTransformation):
+            raise ValueError(f"chain takes GradientTransformations; argument {i} is a {type(transform).__name__}")
+
+    def init(params):
+        return tuple(transform.init(params) for transform in transforms)
+
+    def update(updates, state, params=None):
+        if len(state) != len(transforms):
+            raise ValueError(f"the state of a chain of {len(transforms)} transforms has {len(transforms)} parts; got {len(state)}")
+        new_state = []
+        for transform, part in zip(transforms, state):
+            updates, part = transform.update(updates, part, params)
+            new_state.append(part)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def apply_updates(params: Params, updates: Params) -> Params:
+    """p + u for every parameter, cast to p's dtype."""
+    return {name: (p + updates[name]).astype(p.dtype, copy=False) for name, p in params.items()}
+
+
+# --- clipping -------------------------------------------------------------------------------------
+
+
+def global_norm(grads: Params) -> float:
+    """sqrt(sum over all parameters of g^2), accumulated in float64."""
+    return float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """u <- u * min(1, c / ||u||) with ||u|| = global_norm(u); u unchanged when ||u|| is 0 or
+    NaN, or at most c.  Keeps no state."""
+    max_norm = float(max_norm)
+    if not max_norm >= 0:
+        raise ValueError(f"max_norm must be a non-negative number; got {max_norm}")
+
+    def update(updates, state, params=None):
+        norm = global_norm(updates)
+        scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
+        if scale == 1.0:
+            return updates, state
+        return {name: u * scale for name, u in updates.items()}, state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+# --- Adam -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class AdamState:
+    """First and second moments (dicts like params) and the number of updates done: the state
+    of ``scale_by_adam``, and what checkpoints store (adam_m/*, adam_v/*, adam_count)."""
+
+    m: Params
+    v: Params
+    count: int = 0
+
+    @classmethod
+    def zeros_like(cls, params: Params) -> "AdamState":
+        return cls({k: np.zeros_like(p) for k, p in params.items()}, {k: np.zeros_like(p) for k, p in params.items()}, 0)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """Adam's direction.  With t = count + 1 (this update's number):
+    m <- b1 m + (1 - b1) u,  v <- b2 v + (1 - b2) u u,  u <- (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+    The direction is computed in the promoted dtype of u and the moments; the new moments are
+    stored in the parameters' dtype (the moments' own when params is None).  State: AdamState."""
+    for name, value in (("b1", b1), ("b2", b2)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1); got {value}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative; got {eps}")
+
+    def update(updates, state, params=None):
+        count = state.count + 1
+        correction1, correction2 = 1.0 - b1**count, 1.0 - b2**count
+        like = state.m if params is None else params
+        direction, new_m, new_v = {}, {}, {}
+        for name, g in updates.items():
+            m = b1 * state.m[name] + (1.0 - b1) * g
+            v = b2 * state.v[name] + (1.0 - b2) * g * g
+            direction[name] = (m / correction1) / (np.sqrt(v / correction2) + eps)
+            dtype = like[name].dtype
+            new_m[name], new_v[name] = m.astype(dtype, copy=False), v.astype(dtype, copy=False)
+        return direction, AdamState(new_m, new_v, count)
+
+    return GradientTransformation(AdamState.zeros_like, update)
+
+
+# --- schedules and the learning rate ----------------------------------------------------------------
+
+
+def constant_schedule(value: float) -> Schedule:
+    """f(t) = value."""
+    return lambda step: value
+
+
+def warmup_cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> Schedule:
+    """With W = warmup_steps, T = total_steps: f(t) = peak (t + 1) / W for t < W (the last
+    warm-up update uses the peak), then peak (1 + cos(pi p)) / 2 with p = min(1, (t - W) / max(1, T - W)):
+    the peak at t = W, 0 from t = T on."""
+
+    def rate(step):
+        if step < warmup_steps:
+            return peak * (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return rate
+
+
+def cosine_schedule(peak: float, total_steps: int) -> Schedule:
+    """f(t) = peak (1 + cos(pi min(1, t / max(1, T)))) / 2: the peak at t = 0, 0 from t = T on."""
+    return warmup_cosine_schedule(peak, 0, total_steps)
+
+
+def schedule_from_name(name: str, lr: float, warmup_steps: int = 0, total_steps: int = 1) -> Schedule:
+    """The schedule called ``name`` (one of SCHEDULES) at peak ``lr``; "cosine" ignores warmup_steps."""
+    if name == "constant":
+        return constant_schedule(lr)
+    if name == "cosine":
+        return cosine_schedule(lr, total_steps)
+    if name == "warmup_cosine":
+        return warmup_cosine_schedule(lr, warmup_steps, total_steps)
+    raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {name!r}")
+
+
+def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
+    """u <- f(t) u, t the number of updates this transform has made (the first uses f(0)).
+    State: ScheduleState(t)."""
+
+    def update(updates, state, params=None):
+        factor = schedule(state.count)
+        return {name: factor * u for name, u in updates.items()}, ScheduleState(state.count + 1)
+
+    return GradientTransformation(lambda params: ScheduleState(0), update)
+
+
+def scale_by_learning_rate(learning_rate: Union[float, Schedule], *, flip_sign: bool = True) -> GradientTransformation:
+    """u <- -lr_t u (descent, so that p + u = p - lr_t u), lr_t a constant or a schedule of the
+    update count; ``flip_sign=False`` gives u <- lr_t u."""
+    rate = learning_rate if callable(learning_rate) else constant_schedule(float(learning_rate))
+    if not flip_sign:
+        return scale_by_schedule(rate)
+    return scale_by_schedule(lambda step: -rate(step))
+
+
+# --- Adam with clipping and a schedule: the training loop's optimiser --------------------------------
 
 
 @dataclass(frozen=True)
@@ -32,48 +240,30 @@ class AdamConfig:
 
     def learning_rate(self, step: int) -> float:
         """lr_t for the update that produces step ``step + 1`` (step counts finished updates)."""
-        if self.schedule == "constant":
-            return self.lr
-        if self.schedule == "warmup_cosine" and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        start = self.warmup_steps if self.schedule == "warmup_cosine" else 0
-        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return schedule_from_name(self.schedule, self.lr, self.warmup_steps, self.total_steps)(step)
 
 
-@dataclass
-class AdamState:
-    """First and second moments (dicts like params) and the number of updates done."""
-
-    m: dict[str, np.ndarray]
-    v: dict[str, np.ndarray]
-    count: int = 0
-
-    @classmethod
-    def zeros_like(cls, params: dict[str, np.ndarray]) -> "AdamState":
-        return cls({k: np.zeros_like(p) for k, p in params.items()}, {k: np.zeros_like(p) for k, p in params.items()}, 0)
+def adam_chain(config: AdamConfig) -> GradientTransformation:
+    """chain(clip_by_global_norm(clip_norm) (the identity when clip_norm is None),
+    scale_by_adam(beta1, beta2, eps), scale_by_learning_rate(config.learning_rate)).
+    Its state is (EmptyState(), AdamState, ScheduleState); see adam_chain_state."""
+    clip = identity() if config.clip_norm is None else clip_by_global_norm(config.clip_norm)
+    rate = schedule_from_name(config.schedule, config.lr, config.warmup_steps, config.total_steps)
+    return chain(clip, scale_by_adam(config.beta1, config.beta2, config.eps), scale_by_learning_rate(rate))
 
 
-def global_norm(grads: dict[str, np.ndarray]) -> float:
-    """sqrt(sum over all parameters of g^2)."""
-    return float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+def adam_chain_state(state: AdamState) -> tuple:
+    """AdamState -> the state of ``adam_chain``: the schedule has made as many updates as Adam."""
+    return (EmptyState(), state, ScheduleState(state.count))
 
 
-def adam_update(
-    config: AdamConfig, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: AdamState
-) -> tuple[dict[str, np.ndarray], AdamState, float]:
-    """One clipped Adam step; returns (new params, new state, the gradient's global norm before clipping)."""
-    norm = global_norm(grads)
-    scale = min(1.0, config.clip_norm / norm) if config.clip_norm is not None and norm > 0 else 1.0
-    lr = config.learning_rate(state.count)
-    count = state.count + 1
-    correction1, correction2 = 1.0 - config.beta1**count, 1.0 - config.beta2**count
-    new_params, new_m, new_v = {}, {}, {}
-    for name, p in params.items():
-        g = grads[name] * scale if scale != 1.0 else grads[name]
-        m = config.beta1 * state.m[name] + (1.0 - config.beta1) * g
-        v = config.beta2 * state.v[name] + (1.0 - config.beta2) * g * g
-        update = (m / correction1) / (np.sqrt(v / correction2) + config.eps)
-        new_params[name] = (p - lr * update).astype(p.dtype, copy=False)
-        new_m[name], new_v[name] = m.astype(p.dtype, copy=False), v.astype(p.dtype, copy=False)
-    return new_params, AdamState(new_m, new_v, count), norm
+def adam_state_of(chain_state: tuple) -> AdamState:
+    """The state of ``adam_chain`` -> its AdamState (m, v, count)."""
+    return chain_state[1]
+
+
+def adam_update(config: AdamConfig, params: Params, grads: Params, state: AdamState) -> tuple[Params, AdamState, float]:
+    """One step of ``adam_chain(config)`` from ``state``; returns (new params, new state, the
+    gradient's global norm before clipping)."""
+    updates, chain_state = adam_chain(config).update(grads, adam_chain_state(state), params)
+    return apply_updates(params, updates), adam_state_of(chain_state), global_norm(grads)

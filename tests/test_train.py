@@ -1,4 +1,4 @@
-"""The training loop: Adam, schedules, checkpoints that resume bit-for-bit, divergence handling."""
+"""The training loop: checkpoints that resume bit-for-bit, divergence handling (the optimiser: test_optim.py)."""
 import os
 import signal
 import subprocess
@@ -9,13 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import iclgd
 from iclgd import runio
+from iclgd.backends.numpy_backend import NumpyBackend
 from iclgd.config import RunConfig, load_run_config, run_config_from_dict
-from iclgd.optim import AdamConfig, AdamState, adam_update, global_norm
 from iclgd.train import StepRecord, TrainingDiverged, load_checkpoint, train
 
 SMALL = {"task": {"d": 3, "n_context": 5}, "model": {"n_layers": 2, "n_heads": 2}}
@@ -31,65 +29,6 @@ def assert_same_state(a, b):
         np.testing.assert_array_equal(a.params[name], b.params[name])
         np.testing.assert_array_equal(a.adam.m[name], b.adam.m[name])
         np.testing.assert_array_equal(a.adam.v[name], b.adam.v[name])
-
-
-# --- the optimiser ---------------------------------------------------------------------------
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**31), st.floats(1e-4, 1e-1), st.sampled_from([0.0, 0.05, 1.0]))
-def test_adam_step_follows_the_bias_corrected_update_rule(seed, lr, clip):
-    rng = np.random.default_rng(seed)
-    params = {"a": rng.standard_normal((2, 3)), "b": rng.standard_normal(4)}
-    config = AdamConfig(lr=lr, clip_norm=clip or None)
-    state = AdamState.zeros_like(params)
-    for _ in range(3):
-        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
-        norm = global_norm(grads)
-        scale = min(1.0, clip / norm) if clip else 1.0
-        new_params, new_state, reported = adam_update(config, params, grads, state)
-        t = state.count + 1
-        for k in params:
-            g = grads[k] * scale
-            m = 0.9 * state.m[k] + 0.1 * g
-            v = 0.999 * state.v[k] + 0.001 * g**2
-            expected = params[k] - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
-            np.testing.assert_allclose(new_params[k], expected, rtol=1e-12, atol=1e-15)
-        assert reported == pytest.approx(norm)
-        params, state = new_params, new_state
-
-
-def test_adam_with_clipping_equals_optax():
-    optax = pytest.importorskip("optax", reason="optax is in the jax extra")
-    jnp = pytest.importorskip("jax.numpy")
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    rng = np.random.default_rng(0)
-    params = {"a": rng.standard_normal((3, 2)), "b": rng.standard_normal(5)}
-    config = AdamConfig(lr=0.01, clip_norm=0.5)
-    reference = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.01, b1=0.9, b2=0.999, eps=1e-8))
-    opt_state = reference.init({k: jnp.asarray(v) for k, v in params.items()})
-    ours, state = dict(params), AdamState.zeros_like(params)
-    theirs = {k: jnp.asarray(v) for k, v in params.items()}
-    for _ in range(5):
-        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
-        ours, state, _ = adam_update(config, ours, grads, state)
-        updates, opt_state = reference.update({k: jnp.asarray(v) for k, v in grads.items()}, opt_state, theirs)
-        theirs = optax.apply_updates(theirs, updates)
-    for k in params:
-        np.testing.assert_allclose(ours[k], np.asarray(theirs[k]), rtol=1e-10, atol=1e-14)
-
-
-def test_cosine_schedule_starts_at_lr_and_decays_to_zero():
-    config = AdamConfig(lr=0.1, schedule="cosine", total_steps=100)
-    assert config.learning_rate(0) == pytest.approx(0.1)
-    assert config.learning_rate(50) == pytest.approx(0.05)
-    assert config.learning_rate(100) == pytest.approx(0.0, abs=1e-15)
-    warm = AdamConfig(lr=0.1, schedule="warmup_cosine", warmup_steps=10, total_steps=110)
-    assert warm.learning_rate(0) == pytest.approx(0.01)
-    assert warm.learning_rate(9) == pytest.approx(0.1)
-    assert warm.learning_rate(60) == pytest.approx(0.05)
 
 
 # --- the loop and its run directory -------------------------------------------------------------
@@ -259,16 +198,14 @@ def test_train_with_seeds_writes_one_run_per_seed_equal_to_single_runs(tmp_path)
         assert many == one
 
 
-class PoisonedSeed:
+class PoisonedSeed(NumpyBackend):
     """The numpy backend, except that one seed's trainer reports a NaN loss from step 10 on."""
 
-    name = "numpy"
-
     def __init__(self, bad_seed):
-        self.inner, self.bad_seed = iclgd.get_backend("numpy"), bad_seed
+        self.bad_seed = bad_seed
 
     def trainer(self, config):
-        trainer = self.inner.trainer(config)
+        trainer = super().trainer(config)
         if config.train.seed != self.bad_seed:
             return trainer
 

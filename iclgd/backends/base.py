@@ -1,37 +1,115 @@
-"""What every backend offers, and the shared default for training on the host.
+"""The backend contract, as code: what every engine offers and what it must implement.
 
-A backend has ``name`` and, with the same signatures and NumPy arrays in and out:
-``forward(cfg, params, tokens)``, ``predict``, ``loss(cfg, params, batch)``, ``loss_and_grad``,
-``sensitivity``; and for training ``trainer(config)``, an object whose
-``advance(state, n_steps)`` performs updates (see iclgd.train).  Optionally
-``seeds_trainer(config, seeds)``, whose ``advance(states, n_steps)`` updates many seeds at once
-(the jax backend vmaps them into one program).
+A backend computes a model family's forward pass, loss, gradients and input sensitivity with
+NumPy arrays in and out.  The public methods below are written once, here: each validates its
+inputs (the config's type, the parameters' names, shapes and values, the tokens and targets;
+ValueError naming the argument) and then calls the engine's private method with checked
+arrays in ``cfg.dtype``.  An engine subclasses ``Backend`` and implements
+
+    _forward(cfg, params, tokens)                  -> [E_0, ..., E_K], every layer's tokens
+    _predict(cfg, params, tokens)                  -> yhat (B,)
+    _loss_and_grad(cfg, params, tokens, targets)   -> (half-MSE, grads like params)
+    _sensitivity(cfg, params, tokens)              -> d yhat / d x_q (B, d)
+
+and may override ``_loss`` (default: the half-MSE of ``_predict``), ``_sample_loss_and_grad``
+(fusing the sampling of a training batch with its gradient, as long as it draws the same
+numbers), ``trainer`` (default: the host loop, ``iclgd.backends.training.HostTrainer``) and
+``seeds_trainer`` (one program for many seeds; default None: train them one by one).
 """
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
 
 import numpy as np
 
 from iclgd.backends.training import HostTrainer
-from iclgd.models import check_batch, check_targets
+from iclgd.models import LSAConfig, check_batch, check_params, check_targets, check_tokens
 
 
-class HostBackend:
-    """Backends that train on the host with NumPy Adam: batch t is sampled by the task from
-    ``iclgd.train.batch_rng(seed, t)``; a backend may override ``sample_loss_and_grad`` to fuse
-    sampling with the gradient, as long as it draws the same numbers."""
+class Backend(ABC):
+    """An engine for the models of ``families`` (config classes); see the module docstring."""
 
-    name = "host"
+    name = "backend"
+    families: tuple[type, ...] = (LSAConfig,)
 
-    def loss(self, cfg, params, batch) -> float:
-        """Half-MSE 0.5 * mean_b (yhat_b - y_b)^2 of ``predict``."""
+    # --- validation, once for every engine ----------------------------------------------------------
+
+    def _check_config(self, cfg: object) -> None:
+        if not isinstance(cfg, self.families):
+            expected = " or ".join(f"iclgd.{family.__name__}" for family in self.families)
+            raise ValueError(f"cfg must be an {expected}; got {type(cfg).__name__}")
+
+    def _checked(self, cfg, params, tokens) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(params, tokens) validated against cfg and cast to cfg.dtype."""
+        self._check_config(cfg)
+        return check_params(cfg, params), check_tokens(cfg, tokens)
+
+    def _checked_batch(self, cfg, params, batch) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """(params, tokens, targets) of a Batch validated against cfg and cast to cfg.dtype."""
+        self._check_config(cfg)
         check_batch(batch)
-        yhat = self.predict(cfg, params, batch.tokens)
-        targets = check_targets(cfg, batch.targets, yhat.shape[0])
-        return float(0.5 * np.mean((yhat - targets) ** 2))
+        params, tokens = check_params(cfg, params), check_tokens(cfg, batch.tokens)
+        return params, tokens, check_targets(cfg, batch.targets, tokens.shape[0])
 
-    def sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
-        """(loss, grads) on a fresh batch ``task.sample(batch_size, rng)``."""
-        return self.loss_and_grad(cfg, params, task.sample(batch_size, rng))
+    # --- the public API -------------------------------------------------------------------------------
+
+    def forward(self, cfg, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
+        """Every layer's tokens: [E_0 = tokens, E_1, ..., E_K], each (B, N + 1, d + 1)."""
+        return self._forward(cfg, *self._checked(cfg, params, tokens))
+
+    def predict(self, cfg, params: dict, tokens: np.ndarray) -> np.ndarray:
+        """yhat = -E_K[:, N, d], (B,)."""
+        return self._predict(cfg, *self._checked(cfg, params, tokens))
+
+    def loss(self, cfg, params: dict, batch) -> float:
+        """Half-MSE 0.5 * mean_b (yhat_b - y_b)^2."""
+        return float(self._loss(cfg, *self._checked_batch(cfg, params, batch)))
+
+    def loss_and_grad(self, cfg, params: dict, batch) -> tuple[float, dict[str, np.ndarray]]:
+        """The half-MSE and its gradient with respect to every parameter (a dict like params)."""
+        loss, grads = self._loss_and_grad(cfg, *self._checked_batch(cfg, params, batch))
+        return float(loss), grads
+
+    def sensitivity(self, cfg, params: dict, tokens: np.ndarray) -> np.ndarray:
+        """d yhat_b / d x_q,b for every task, (B, d), the query's y-slot held fixed."""
+        return self._sensitivity(cfg, *self._checked(cfg, params, tokens))
+
+    def sample_loss_and_grad(self, cfg, task, params: dict, batch_size: int, rng: np.random.Generator):
+        """(loss, grads) on a fresh training batch ``task.sample(batch_size, rng)``: what the
+        host training loop calls each step (``iclgd.backends.training.HostTrainer``)."""
+        self._check_config(cfg)
+        return self._sample_loss_and_grad(cfg, task, check_params(cfg, params), batch_size, rng)
 
     def trainer(self, config):
+        """The object whose ``advance(state, n_steps)`` trains ``config`` (a RunConfig)."""
         return HostTrainer(self, config)
+
+    def seeds_trainer(self, config, seeds: list[int]):
+        """One program that trains a run per seed at once, or None when the engine has none
+        (the training loop then advances the seeds' own trainers one after the other)."""
+        return None
+
+    # --- what an engine implements ---------------------------------------------------------------------
+
+    @abstractmethod
+    def _forward(self, cfg, params: dict, tokens: np.ndarray) -> list[np.ndarray]: ...
+
+    @abstractmethod
+    def _predict(self, cfg, params: dict, tokens: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _loss_and_grad(self, cfg, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict]: ...
+
+    @abstractmethod
+    def _sensitivity(self, cfg, params: dict, tokens: np.ndarray) -> np.ndarray: ...
+
+    def _loss(self, cfg, params: dict, tokens: np.ndarray, targets: np.ndarray) -> float:
+        return float(0.5 * np.mean((self._predict(cfg, params, tokens) - targets) ** 2))
+
+    def _sample_loss_and_grad(self, cfg, task, params: dict, batch_size: int, rng: np.random.Generator):
+        batch = task.sample(batch_size, rng)
+        return self._loss_and_grad(cfg, params, *self._checked_batch(cfg, params, batch)[1:])
+
+
+#: The name the host engines (numpy, numba) subclassed before the contract was written out.
+HostBackend = Backend

@@ -62,9 +62,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from iclgd._checks import float_dtype, nonnegative_int, positive_int
 from iclgd.backends.training import StepRecord, TrainState, batch_rng, initial_state
-from iclgd.models import WEIGHT_NAMES, LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
+from iclgd.backends.base import Backend
+from iclgd.models import LSAConfig, attention_products, check_params, layer_prefixes
 from iclgd.optim import AdamConfig, AdamState
+from iclgd.streams import jax_base_key, jax_batch_key
 from iclgd.tasks import Batch, LinearRegressionTask
+from iclgd.tasks.inputs import draw_inputs_jax, flat_draw
 
 BATCH_AXIS = "batch"
 
@@ -86,9 +89,8 @@ def _attended(cfg: LSAConfig, tokens):
 
 
 def _layer_maps(params: dict, prefix: str):
-    """P_h = W_q[h] W_k[h]^T and R_h = W_v[h] W_o[h], each (H, D, D)."""
-    w_q, w_k, w_v, w_o = (params[f"{prefix}.{name}"] for name in WEIGHT_NAMES)
-    return jnp.einsum("hik,hjk->hij", w_q, w_k), jnp.einsum("hiv,hvj->hij", w_v, w_o)
+    """P_h = W_q[h] W_k[h]^T and R_h = W_v[h] W_o[h], each (H, D, D) (built by the models module)."""
+    return attention_products(params, prefix)
 
 
 def _gram(rows):
@@ -156,61 +158,34 @@ _sensitivity_jit = jax.jit(_sensitivity, static_argnums=0)
 # --- data ---------------------------------------------------------------------------------------
 
 
-def _flat(draw, key, shape, dtype, *args):
-    """``draw(key, shape, dtype, *args)`` drawn as one flat vector and reshaped: with
-    ``jax_threefry_partitionable`` (the default since jax 0.5) these are the same numbers as a
-    draw of ``shape`` (threefry's counter is the row-major index), but XLA's CPU code for a
-    1-d counter is about 4x faster than for a 3-d one (0.9 vs 3.9 ms for 2048 x 11 x 10)."""
-    return draw(key, (math.prod(shape),), dtype, *args).reshape(shape)
-
-
-def _inputs(task: LinearRegressionTask, key, shape: tuple[int, ...], dtype: str):
-    """Inputs of ``shape`` from ``task.x_distribution`` at range a = x_scale, each law scaled as
-    in iclgd.tasks (E[x_k^2] = a^2 / 3): U(-a, a); (a / sqrt 3) N(0, 1); (a / sqrt 6) Laplace(0, 1);
-    (a / sqrt 6) Exp(1)."""
-    a = task.x_scale
-    if task.x_distribution == "uniform":
-        return _flat(jax.random.uniform, key, shape, dtype, -a, a)
-    standard, scale = {
-        "gaussian": (jax.random.normal, a / math.sqrt(3.0)),
-        "laplace": (jax.random.laplace, a / math.sqrt(6.0)),
-        "exponential": (jax.random.exponential, a / math.sqrt(6.0)),
-    }[task.x_distribution]
-    return scale * _flat(standard, key, shape, dtype)
-
-
 def _sample(task: LinearRegressionTask, dtype: str, key, batch_size: int):
     """One batch of ``task`` drawn with jax.random from ``key`` in ``dtype``:
-    w (B, d) ~ N(0, w_scale^2), x (B, N + 1, d) from ``task.x_distribution`` (``_inputs``),
+    w (B, d) ~ N(0, w_scale^2), x (B, N + 1, d) from ``task.x_distribution`` (the jax twin of
+    the input law, ``iclgd.tasks.inputs.draw_inputs_jax``),
     y = x w + noise_std * N(0, 1); then n_distractors context labels per task (positions uniform
     without replacement) replaced by N(0, 1).  Returns tokens (B, N + 1, d + 1), targets (B,) = y_q,
     weights (B, d)."""
     n, d = task.n_context, task.d
     k_w, k_x, k_noise, k_pos, k_val = jax.random.split(key, 5)
-    weights = task.w_scale * _flat(jax.random.normal, k_w, (batch_size, d), dtype)
-    x = _inputs(task, k_x, (batch_size, n + 1, d), dtype)
+    weights = task.w_scale * flat_draw(jax.random.normal, k_w, (batch_size, d), dtype)
+    x = draw_inputs_jax(task.x_distribution, task.x_scale, k_x, (batch_size, n + 1, d), dtype)
     y = jnp.einsum("btd,bd->bt", x, weights)
     if task.noise_std > 0:
-        y = y + task.noise_std * _flat(jax.random.normal, k_noise, (batch_size, n + 1), dtype)
+        y = y + task.noise_std * flat_draw(jax.random.normal, k_noise, (batch_size, n + 1), dtype)
     context = y[:, :n]
     if task.n_distractors > 0:
         # the n_distractors context positions with the smallest uniform scores get N(0, 1) labels
-        scores = _flat(jax.random.uniform, k_pos, (batch_size, n), dtype)
+        scores = flat_draw(jax.random.uniform, k_pos, (batch_size, n), dtype)
         rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
-        noise = _flat(jax.random.normal, k_val, (batch_size, n), dtype)
+        noise = flat_draw(jax.random.normal, k_val, (batch_size, n), dtype)
         context = jnp.where(rank < task.n_distractors, noise, context)
     labels = jnp.concatenate([context, jnp.zeros((batch_size, 1), dtype)], axis=1)
     return jnp.concatenate([x, labels[:, :, None]], axis=2), y[:, n], weights
 
 
-def _batch_key(seed, step):
-    """The key of batch ``step`` of a run with ``seed``: fold_in(PRNGKey(seed), step)."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), step)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _sample_jit(task, dtype, batch_size, seed, step):
-    return _sample(task, dtype, _batch_key(seed, step), batch_size)
+    return _sample(task, dtype, jax_batch_key(seed, step), batch_size)
 
 
 # --- the optimiser ------------------------------------------------------------------------------
@@ -325,16 +300,18 @@ def _global_norm(tree):
 def _train_step(plan: _Plan, carry, tokens, targets):
     """One clipped-Adam update on a batch.  carry = (params, opt_state, step, alive).
 
-    A non-finite loss or gradient norm leaves params, optimiser state and step unchanged and
-    sets alive = False, after which every later step is a no-op too (as HostTrainer stops).
-    Returns the new carry and the record (loss, lr, grad_norm, alive before this step)."""
+    A non-finite loss, gradient norm or new parameter value leaves params, optimiser state and
+    step unchanged and sets alive = False, after which every later step is a no-op too (as
+    HostTrainer stops).  Returns the new carry and the record (loss, lr, grad_norm, alive before
+    this step, whether every new parameter value is finite)."""
     params, opt_state, step, alive = carry
     loss, grads = jax.value_and_grad(_loss, argnums=1)(plan.cfg, params, tokens, targets)
     grad_norm = _global_norm(grads)
     lr = learning_rate_schedule(plan.adam)(_adam_node(opt_state).count)
     updates, new_opt_state = make_optimizer(plan.adam).update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    keep = alive & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(new_params)]))
+    keep = alive & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
 
     def choose(new, old):
         return jnp.where(keep, new, old)
@@ -345,7 +322,7 @@ def _train_step(plan: _Plan, carry, tokens, targets):
         step + keep.astype(step.dtype),
         keep,
     )
-    return new_carry, (loss, lr, grad_norm, alive)
+    return new_carry, (loss, lr, grad_norm, alive, params_finite)
 
 
 def _constrain(plan: _Plan, array):
@@ -361,14 +338,14 @@ def _fused_step(plan: _Plan, base_key, carry):
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _run_fused(plan: _Plan, seed, carry, n_steps: int):
     """n_steps fused steps in one lax.scan; records stacked (n_steps,)."""
-    base_key = jax.random.PRNGKey(seed)
+    base_key = jax_base_key(seed)
     return jax.lax.scan(lambda c, _: _fused_step(plan, base_key, c), carry, None, length=n_steps)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _run_fused_seeds(plan: _Plan, seeds, carries, n_steps: int):
     """The fused step vmapped over a leading seed axis, n_steps of it in one lax.scan; records (n_steps, S)."""
-    base_keys = jax.vmap(jax.random.PRNGKey)(seeds)
+    base_keys = jax.vmap(jax_base_key)(seeds)
     step = jax.vmap(functools.partial(_fused_step, plan))
     return jax.lax.scan(lambda c, _: step(base_keys, c), carries, None, length=n_steps)
 
@@ -383,13 +360,13 @@ def _host_batch_step_seeds(plan: _Plan, carries, tokens, targets):
     return jax.vmap(functools.partial(_train_step, plan))(carries, tokens, targets)
 
 
-def _records(first_step: int, loss, lr, grad_norm, alive) -> list[StepRecord]:
+def _records(first_step: int, loss, lr, grad_norm, alive, params_finite) -> list[StepRecord]:
     """Host records of the steps that ran: up to and including the first non-finite one."""
     records = []
     for i in range(len(loss)):
         if not alive[i]:
             break
-        records.append(StepRecord(first_step + i, float(loss[i]), float(lr[i]), float(grad_norm[i])))
+        records.append(StepRecord(first_step + i, float(loss[i]), float(lr[i]), float(grad_norm[i]), bool(params_finite[i])))
         if not records[-1].finite:
             break
     return records
@@ -504,9 +481,10 @@ class JaxSeedsTrainer:
 # --- the backend --------------------------------------------------------------------------------
 
 
-class JaxBackend:
-    """The jax backend: the oracle's API (NumPy arrays in and out, the same validation and
-    ValueErrors), jit-compiled on ``devices`` (default: all of ``jax.devices()``).
+class JaxBackend(Backend):
+    """The jax backend: the public methods of ``Backend`` validate the inputs (the same
+    ValueErrors as the oracle); these place them on ``devices`` (default: all of
+    ``jax.devices()``) and run jit-compiled programs.
 
     Constructing it turns on jax's float64 support (``jax_enable_x64``), process-wide."""
 
@@ -527,36 +505,27 @@ class JaxBackend:
         mesh = self.mesh if batch_size % self.mesh.size == 0 else self.single_mesh
         return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
 
-    def _inputs(self, cfg: LSAConfig, params: dict, tokens, batch: Batch | None = None):
-        """Validate as the oracle does (params, tokens, then targets) and place on the devices:
-        params replicated, tokens (and targets) sharded along the batch axis."""
-        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
-        batched = (tokens,) if batch is None else (tokens, check_targets(cfg, batch.targets, tokens.shape[0]))
-        replicated, sharded = self._shardings(tokens.shape[0])
+    def _place(self, params: dict, *batched):
+        """Checked host arrays on the devices: params replicated, tokens (and targets) sharded
+        along the batch axis."""
+        replicated, sharded = self._shardings(batched[0].shape[0])
         return ({k: _put(v, replicated) for k, v in params.items()},) + tuple(_put(x, sharded) for x in batched)
 
-    def forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
-        """Every layer's tokens: [E_0 = tokens, E_1, ..., E_K], each (B, N + 1, d + 1)."""
-        return [_host(state) for state in _forward_jit(cfg, *self._inputs(cfg, params, tokens))]
+    def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
+        return [_host(state) for state in _forward_jit(cfg, *self._place(params, tokens))]
 
-    def predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        """yhat = -E_K[:, N, d], (B,)."""
-        return _host(_predict_jit(cfg, *self._inputs(cfg, params, tokens)))
+    def _predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+        return _host(_predict_jit(cfg, *self._place(params, tokens)))
 
-    def loss(self, cfg: LSAConfig, params: dict, batch: Batch) -> float:
-        """Half-MSE 0.5 * mean_b (yhat_b - y_b)^2."""
-        check_batch(batch)
-        return float(_host(_loss_jit(cfg, *self._inputs(cfg, params, batch.tokens, batch))))
+    def _loss(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> float:
+        return float(_host(_loss_jit(cfg, *self._place(params, tokens, targets))))
 
-    def loss_and_grad(self, cfg: LSAConfig, params: dict, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
-        """The half-MSE and its gradient with respect to every parameter (a dict like params)."""
-        check_batch(batch)
-        loss, grads = _loss_and_grad_jit(cfg, *self._inputs(cfg, params, batch.tokens, batch))
+    def _loss_and_grad(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        loss, grads = _loss_and_grad_jit(cfg, *self._place(params, tokens, targets))
         return float(_host(loss)), {k: _host(v) for k, v in grads.items()}
 
-    def sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        """d yhat_b / d x_q,b, (B, d), the query's y-slot held fixed (as the oracle)."""
-        return _host(_sensitivity_jit(cfg, *self._inputs(cfg, params, tokens)))
+    def _sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+        return _host(_sensitivity_jit(cfg, *self._place(params, tokens)))
 
     def sample_batch(self, task: LinearRegressionTask, batch_size: int, seed: int, step: int, dtype: str | None = None) -> Batch:
         """Batch ``step`` of a run with ``seed`` as sampler "jax" draws it (in ``dtype``, default the

@@ -44,8 +44,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from iclgd.backends.base import HostBackend
-from iclgd.models import WEIGHT_NAMES, LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
+from iclgd.backends.base import Backend
+from iclgd.models import WEIGHT_NAMES, LSAConfig, attention_products, layer_prefixes
 
 N_CHUNKS = 32  # fixed partition of the batch: results are the same on any number of threads
 FAST = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; NaN and inf still propagate
@@ -383,8 +383,8 @@ def _layer_maps(tokens, include_query, p, r, slots):
 def _products(cfg: LSAConfig, params: dict):
     """P (S, H, D, D), R (S, H, D, D) for the S distinct layers, and each layer's slot (K,)."""
     prefixes = list(dict.fromkeys(layer_prefixes(cfg)))
-    p = np.stack([params[f"{x}.w_q"] @ params[f"{x}.w_k"].swapaxes(-1, -2) for x in prefixes])
-    r = np.stack([params[f"{x}.w_v"] @ params[f"{x}.w_o"] for x in prefixes])
+    products = [attention_products(params, x) for x in prefixes]
+    p, r = np.stack([pr[0] for pr in products]), np.stack([pr[1] for pr in products])
     slots = np.array([prefixes.index(x) for x in layer_prefixes(cfg)], dtype=np.int64)
     return np.ascontiguousarray(p), np.ascontiguousarray(r), slots, prefixes
 
@@ -401,8 +401,9 @@ def _weight_grads(params: dict, prefixes: list[str], d_p: np.ndarray, d_r: np.nd
     return grads
 
 
-class NumbaBackend(HostBackend):
-    """Compiled, batch-parallel backend with the oracle's API (NumPy arrays in and out)."""
+class NumbaBackend(Backend):
+    """Compiled, batch-parallel backend: the public methods of ``Backend`` validate the inputs,
+    these run the kernels above."""
 
     name = "numba"
 
@@ -416,9 +417,8 @@ class NumbaBackend(HostBackend):
         yhat, d_p, d_r, sens = _batch_pass(np.ascontiguousarray(tokens), targets, cfg.include_query, p, r, slots, mode)
         return yhat, d_p, d_r, sens, prefixes
 
-    def forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
+    def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
         """Every layer's tokens [E_0, ..., E_K], each (B, N + 1, d + 1)."""
-        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
         p, r, slots, _ = _products(cfg, params)
         maps = _layer_maps(np.ascontiguousarray(tokens), cfg.include_query, p, r, slots)
         states = [tokens]
@@ -426,28 +426,23 @@ class NumbaBackend(HostBackend):
             states.append(states[-1] @ maps[:, layer])
         return states
 
-    def predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
+    def _predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         dummy = np.zeros(tokens.shape[0], tokens.dtype)
         return self._run(cfg, params, tokens, dummy, MODE_PREDICT)[0]
 
-    def loss_and_grad(self, cfg: LSAConfig, params: dict, batch) -> tuple[float, dict[str, np.ndarray]]:
-        check_batch(batch)
-        params, tokens = check_params(cfg, params), check_tokens(cfg, batch.tokens)
-        targets = check_targets(cfg, batch.targets, tokens.shape[0])
+    def _loss_and_grad(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         yhat, d_p, d_r, _, prefixes = self._run(cfg, params, tokens, targets, MODE_GRAD)
         return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
 
-    def sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
+    def _sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         dummy = np.zeros(tokens.shape[0], tokens.dtype)
         return self._run(cfg, params, tokens, dummy, MODE_SENSITIVITY)[3][:, :-1]
 
-    def sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
+    def _sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
         """Noise-free float64 tasks: the same draws as ``task.sample`` (w, then x), with labels,
         tokens and the gradient built in one compiled pass; other tasks go through ``task.sample``."""
         if task.noise_std > 0 or task.n_distractors > 0 or task.dtype != "float64":
-            return super().sample_loss_and_grad(cfg, task, params, batch_size, rng)
+            return super()._sample_loss_and_grad(cfg, task, params, batch_size, rng)
         weights, inputs = task.draw_weights_and_inputs(batch_size, rng)
         p, r, slots, prefixes = _products(cfg, params)
         if cfg.n_layers == 1:

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iclgd.models import WEIGHT_NAMES, LSAConfig, check_batch, check_params, check_targets, check_tokens, layer_prefixes
-from iclgd.backends.base import HostBackend
-from iclgd.tasks import Batch
+from iclgd.backends.base import Backend
+from iclgd.models import WEIGHT_NAMES, LSAConfig, layer_prefixes
 
 
 @dataclass
@@ -136,27 +135,22 @@ def _read_out(tokens: np.ndarray) -> np.ndarray:
     return -tokens[:, -1, -1]
 
 
-class NumpyBackend(HostBackend):
-    """The oracle backend. Every method validates its inputs (ValueError on bad ones) and
-    computes in ``cfg.dtype``; arrays in and out are NumPy arrays."""
+class NumpyBackend(Backend):
+    """The oracle backend: the public methods of ``Backend`` validate the inputs, these compute
+    in ``cfg.dtype`` on NumPy arrays."""
 
     name = "numpy"
 
-    def forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
+    def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
         """Every layer's tokens: [E_0 = tokens, E_1, ..., E_K], each (B, N + 1, d + 1)."""
-        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
         return _forward(cfg, params, tokens, ALL_ROWS)[0]
 
-    def predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+    def _predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         """yhat = -E_K[:, N, d], (B,)."""
-        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
         return _read_out(_forward(cfg, params, tokens, QUERY_ROW)[0][-1])
 
-    def loss_and_grad(self, cfg: LSAConfig, params: dict, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
+    def _loss_and_grad(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """The half-MSE and its gradient with respect to every parameter (a dict like params)."""
-        check_batch(batch)
-        params, tokens = check_params(cfg, params), check_tokens(cfg, batch.tokens)
-        targets = check_targets(cfg, batch.targets, tokens.shape[0])
         states, caches = _forward(cfg, params, tokens, QUERY_ROW)
         residual = _read_out(states[-1]) - targets
         grad_out = np.zeros_like(states[-1])
@@ -164,12 +158,11 @@ class NumpyBackend(HostBackend):
         _, grads = _backward(cfg, params, caches, grad_out, want_input_grad=False, want_weight_grads=True)
         return float(0.5 * np.mean(residual**2)), grads
 
-    def sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
+    def _sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         """d yhat_b / d x_q,b for every task, (B, d): one backward pass seeded with
         d yhat / d E_K[:, N, d] = -1 (tasks are independent, so no batch sum mixes them).
         The derivative is taken through the x-part of the query token with its y-slot held
         fixed (for tokens from ``with_initial_guess``, add d yhat/d y_q * d y_q/d x_q yourself)."""
-        params, tokens = check_params(cfg, params), check_tokens(cfg, tokens)
         states, caches = _forward(cfg, params, tokens, QUERY_ROW)
         grad_out = np.zeros_like(states[-1])
         grad_out[:, -1, -1] = -1.0

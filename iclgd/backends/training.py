@@ -11,7 +11,7 @@ import numpy as np
 
 from iclgd import gd_models
 from iclgd.models import init_params
-from iclgd.optim import AdamState, adam_update
+from iclgd.optim import AdamState, adam_chain, adam_chain_state, adam_state_of, apply_updates, global_norm
 
 
 @dataclass
@@ -26,17 +26,20 @@ class TrainState:
 
 @dataclass(frozen=True)
 class StepRecord:
-    """What one update reports: the step it started from, the batch loss there, the rate used
-    and the gradient's global norm (before clipping)."""
+    """What one update reports: the step it started from, the batch loss there, the rate used,
+    the gradient's global norm (before clipping) and whether every parameter the update
+    produced is finite.  ``finite``: all of loss, grad_norm and the new params are; a trainer
+    stops at the first update that is not, keeping the state from before it."""
 
     step: int
     loss: float
     lr: float
     grad_norm: float
+    params_finite: bool = True
 
     @property
     def finite(self) -> bool:
-        return bool(np.isfinite(self.loss) and np.isfinite(self.grad_norm))
+        return bool(np.isfinite(self.loss) and np.isfinite(self.grad_norm) and self.params_finite)
 
 
 def init_seed(seed: int) -> np.random.SeedSequence:
@@ -88,23 +91,28 @@ def trainer_for(backend, config):
 
 class HostTrainer:
     """Updates on the host: batch t from ``batch_rng(seed, t)``, the backend's
-    ``sample_loss_and_grad`` (which may fuse sampling and the gradient), then NumPy Adam.
+    ``sample_loss_and_grad`` (which may fuse sampling and the gradient), then the NumPy optimiser
+    ``adam_chain`` (clipping, Adam, the rate schedule) through its update and ``apply_updates``.
     Backends return one from ``trainer(config)``; the jax backend has its own."""
 
     def __init__(self, backend, config):
         self.backend, self.config, self.adam = backend, config, config.train.adam()
+        self.optimizer = adam_chain(self.adam)
 
     def advance(self, state: TrainState, n_steps: int) -> tuple[TrainState, list[StepRecord]]:
-        """Up to ``n_steps`` updates; stops after the first non-finite one (its record is last)."""
+        """Up to ``n_steps`` updates; stops at the first non-finite one (a NaN/inf loss, gradient
+        norm or new parameter value): its record is last and the state is the one before it."""
         cfg, task, train_cfg = self.config.model, self.config.task, self.config.train
         records = []
         for _ in range(n_steps):
             rng = batch_rng(train_cfg.seed, state.step)
             loss, grads = self.backend.sample_loss_and_grad(cfg, task, state.params, train_cfg.batch_size, rng)
             lr = self.adam.learning_rate(state.adam.count)
-            params, adam, grad_norm = adam_update(self.adam, state.params, grads, state.adam)
-            records.append(StepRecord(state.step, loss, lr, grad_norm))
+            updates, opt_state = self.optimizer.update(grads, adam_chain_state(state.adam), state.params)
+            params = apply_updates(state.params, updates)
+            params_finite = all(bool(np.isfinite(p).all()) for p in params.values())
+            records.append(StepRecord(state.step, loss, lr, global_norm(grads), params_finite))
             if not records[-1].finite:
                 break
-            state = TrainState(state.step + 1, params, adam)
+            state = TrainState(state.step + 1, params, adam_state_of(opt_state))
         return state, records

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd._checks import finite_array, finite_float, float_dtype, positive_int
-from iclgd.tasks import as_generator
+from iclgd.streams import as_generator
 
 WEIGHT_NAMES = ("w_q", "w_k", "w_v", "w_o")
 
@@ -95,6 +95,17 @@ def param_shapes(cfg: LSAConfig) -> dict[str, tuple[int, ...]]:
     h, dim, k, v = cfg.n_heads, cfg.token_size, cfg.key_size, cfg.value_size
     shapes = {"w_q": (h, dim, k), "w_k": (h, dim, k), "w_v": (h, dim, v), "w_o": (h, v, dim)}
     return {f"{prefix}.{name}": shapes[name] for prefix in dict.fromkeys(layer_prefixes(cfg)) for name in WEIGHT_NAMES}
+
+
+def attention_products(params: dict, prefix: str):
+    """The two products a layer's weights enter the model through, for the layer ``prefix``:
+
+        P_h = W_q[h] W_k[h]^T  (H, D, D)        R_h = W_v[h] W_o[h]  (H, D, D)
+
+    so that a layer is ``E' = E + sum_h (E P_h C^T)(C R_h)``.  Written with ``@`` and
+    ``swapaxes``, it works on NumPy and jax arrays alike (every engine builds them here)."""
+    w_q, w_k, w_v, w_o = (params[f"{prefix}.{name}"] for name in WEIGHT_NAMES)
+    return w_q @ w_k.swapaxes(-1, -2), w_v @ w_o
 
 
 def init_params(cfg: LSAConfig, seed: int | np.random.Generator = 0, scale: float = 0.002) -> dict[str, np.ndarray]:
