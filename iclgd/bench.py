@@ -40,6 +40,8 @@ from iclgd.models import LSAConfig, init_params
 from iclgd.tasks import LinearRegressionTask
 
 OPERATIONS = ("forward", "forward+backward", "train step")
+#: where `iclgd bench` writes without --out (the recorded results are in benchmarks/results)
+DEFAULT_OUT = "runs/bench"
 
 
 def naive_flops(cfg: LSAConfig, batch_size: int, n_context: int) -> tuple[float, float]:

@@ -1,8 +1,69 @@
-"""The `iclgd` command: check, train, reproduce."""
+"""The `iclgd` command: check, train, reproduce, bench."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
+
+from iclgd import __version__
+
+EX_IOERR = 74  # sysexits.h: an input/output error
+EXIT_SIGINT = 130  # 128 + SIGINT, the shell's convention
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
+
+EPILOG = f"""exit codes:
+  0    success (reproduce: every claim holds; with --quick, every smoke check)
+  1    a claim or check does not hold, or training diverged (the last good checkpoint is kept)
+  2    a bad command line, config or setting, or a backend whose extra is not installed
+  {EX_IOERR}   an operating-system error: disk full, read-only file system, permission denied,
+       a file where a directory belongs (one line on stderr names what failed and the path)
+  {EXIT_SIGINT}  interrupted (Ctrl-C); training stops between two updates and the same command resumes it
+  143  stopped by SIGTERM; the same command resumes the run
+  {EXIT_SIGPIPE}  standard output closed early (as by `| head`): the rest of the output is dropped, silently"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, "(default: ...)", unless its help already says it; keeps
+    the epilog's line breaks.  Flags (store_true) and options without a value (None) show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
+
+
+# --- errors worded with the command line's flags -----------------------------------------------------
+
+
+def flag_names(message: str, fields: list[str]) -> str:
+    """``message`` with each of ``fields`` (a setting's field names) written as its flag where it
+    is the subject of a rule: "val_tasks must be >= 2" -> "--val-tasks must be >= 2"."""
+    if not fields:
+        return message
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, fields)) + r")(?= must\b)")
+    return pattern.sub(lambda match: "--" + match.group(1).replace("_", "-"), message)
+
+
+@contextlib.contextmanager
+def errors_with_flags(args: argparse.Namespace):
+    """Re-raise a ValueError with the fields that the command has flags for named as the flags."""
+    try:
+        yield
+    except ValueError as error:
+        fields = [name for name in vars(args) if name not in ("run", "command", "claim")]
+        raise ValueError(flag_names(str(error), fields)) from None
+
+
+def os_error_line(error: OSError) -> str:
+    """``<what failed>: <path>`` (the path when the error names one), on one line."""
+    what = error.strerror or str(error) or type(error).__name__
+    text = f"{what}: {error.filename}" if error.filename is not None else what
+    return " ".join(text.split())
+
+
+# --- commands ------------------------------------------------------------------------------------------
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -21,7 +82,17 @@ def _override_train(config, **changes):
     try:
         return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
     except ValueError as error:
-        raise ValueError(f"command line: {error}") from None
+        raise ValueError(f"command line: {flag_names(str(error), list(changes))}") from None
+
+
+def final_loss(run_dir) -> float | None:
+    """The loss on the last line of a run's metrics.jsonl (None when nothing was logged)."""
+    from pathlib import Path
+
+    from iclgd import runio
+
+    records = [record for record in runio.read_jsonl(Path(run_dir) / "metrics.jsonl") if "loss" in record]
+    return records[-1]["loss"] if records else None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -31,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
     from iclgd.config import load_run_config
     from iclgd.train import train_seeds
 
-    config = _override_train(load_run_config(args.config), backend=args.backend, sampler=args.sampler)
+    config = _override_train(load_run_config(args.config, overrides=args.set), backend=args.backend, sampler=args.sampler)
     if args.seeds is None:
         run_dirs, configs = [Path(args.out)], [config]
     else:
@@ -42,7 +113,9 @@ def _train(args: argparse.Namespace) -> int:
         run_dirs = [Path(args.out) / f"seed_{s}" for s in seeds]
     states = train_seeds(run_dirs, configs, quiet=args.quiet)
     for run_dir, state in zip(run_dirs, states):
-        print(f"{run_dir}: trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+        loss = final_loss(run_dir)
+        loss_text = "no loss logged" if loss is None else f"final loss {loss:.6g}"
+        print(f"{run_dir}: trained {state.step} steps, {loss_text}; checkpoints in {run_dir / 'checkpoints'}")
     return 0
 
 
@@ -58,43 +131,50 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_out(name: str, quick: bool) -> str:
+    """Where a reproduce run writes without --out: runs/NAME, or runs/quick/NAME for a smoke run."""
+    return f"runs/quick/{name}" if quick else f"runs/{name}"
+
+
+def _reproduction(args: argparse.Namespace, module, setting_class, name: str, changes: dict) -> int:
+    """Build the setting (full, or ``quick`` with --quick) from the flags given, run the experiment
+    into --out (or its default folder), print its table; the exit code is the experiment's."""
+    changes = {key: value for key, value in changes.items() if value is not None}
+    with errors_with_flags(args):
+        setting = setting_class.quick(**changes) if args.quick else setting_class(**changes)
+    out = args.out or default_out(name, args.quick)
+    if not args.quiet:
+        print(f"backend: {setting.backend}", file=sys.stderr, flush=True)
+    results = module.run(out, setting, quiet=args.quiet)
+    print(module.table(results))
+    print(f"\nwrote {out}/results.json, report.md and {len(results['figures'])} figures")
+    return module.exit_code(results)
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from iclgd.experiments import one_layer
 
-    setting = one_layer.OneLayerSetting(
-        steps=args.steps, seed=args.seed, x_scale=args.x_scale, backend=args.backend, val_tasks=args.val_tasks,
-        sampler=args.sampler,
-    )
-    results = one_layer.run(args.out, setting, quiet=args.quiet)  # the setting validated itself
-    print(one_layer.table(results))
-    print(f"\nwrote {args.out}/results.json, report.md, params.npz and {len(results['figures'])} figures")
-    return 0 if all(row[3] for row in one_layer.comparison_rows(results)) else 1
+    changes = {"steps": args.steps, "seed": args.seed, "x_scale": args.x_scale, "backend": args.backend,
+               "val_tasks": args.val_tasks, "sampler": args.sampler}
+    return _reproduction(args, one_layer, one_layer.OneLayerSetting, "one-layer", changes)
 
 
 def _reproduce_multi_layer(args: argparse.Namespace) -> int:
     from iclgd.experiments import multi_layer
 
-    changes = {"layers": _depths(args.layers), "tied": args.tied, "steps_per_layer": args.steps_per_layer, "baseline_steps": args.baseline_steps,
-               "seed": args.seed, "backend": args.backend, "val_tasks": args.val_tasks}
-    changes = {key: value for key, value in changes.items() if value is not None}
-    setting = multi_layer.MultiLayerSetting.quick(**changes) if args.quick else multi_layer.MultiLayerSetting(**changes)
-    out = args.out or ("runs/multi-layer-tied" if args.tied else "runs/multi-layer")
-    results = multi_layer.run(out, setting, quiet=args.quiet)
-    print(multi_layer.table(results))
-    print(f"\nwrote {out}/results.json, report.md and {len(results['figures'])} figures ({results['total_seconds']:.0f} s)")
-    return 0 if all(row[3] for row in multi_layer.comparison_rows(results)) else 1
+    changes = {"layers": _depths(args.layers), "tied": args.tied or None, "steps_per_layer": args.steps_per_layer,
+               "baseline_steps": args.baseline_steps, "seed": args.seed, "backend": args.backend,
+               "val_tasks": args.val_tasks, "x_scale": args.x_scale}
+    name = "multi-layer-tied" if args.tied else "multi-layer"
+    return _reproduction(args, multi_layer, multi_layer.MultiLayerSetting, name, changes)
 
 
 def _reproduce_ood(args: argparse.Namespace) -> int:
     from iclgd.experiments import ood
 
-    changes = {"steps": args.steps, "seed": args.seed, "backend": args.backend, "val_tasks": args.val_tasks}
-    changes = {key: value for key, value in changes.items() if value is not None}
-    setting = ood.OODSetting.quick(**changes) if args.quick else ood.OODSetting(**changes)
-    results = ood.run(args.out, setting, quiet=args.quiet)
-    print(ood.table(results))
-    print(f"\nwrote {args.out}/results.json, report.md and {len(results['figures'])} figures")
-    return ood.exit_code(results)
+    changes = {"steps": args.steps, "seed": args.seed, "backend": args.backend, "val_tasks": args.val_tasks,
+               "x_scale": args.x_scale}
+    return _reproduction(args, ood, ood.OODSetting, "ood", changes)
 
 
 def _depths(text: str | None) -> tuple[int, ...] | None:
@@ -115,77 +195,131 @@ def _x_scale(text: str) -> float:
         try:
             return resolve_x_scale(text)
         except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+            raise argparse.ArgumentTypeError(str(error).removeprefix("x_scale ")) from None  # argparse names the flag
+
+
+# --- the parser -------------------------------------------------------------------------------------------
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def default_text(full, quick, name: str) -> str:
+    """"(default: F)" from the full setting ``full``, plus "; Q with --quick" where ``quick`` differs."""
+    text = _shown(getattr(full, name))
+    if quick is not None and getattr(quick, name) != getattr(full, name):
+        text += f"; {_shown(getattr(quick, name))} with --quick"
+    return f"(default: {text})"
+
+
+def _add_reproduce_options(parser: argparse.ArgumentParser, full, quick, name: str, options: list[tuple[str, str]]) -> None:
+    """The options every reproduce command shares, then ``options`` ((field, help) pairs: an integer
+    --FIELD); ``full`` and ``quick`` are the command's default settings, whose values the help shows."""
+    from iclgd.backends import fastest_backend
+
+    where = f"{default_out(name, False)}, or {default_out(name, True)} with --quick"
+    parser.add_argument("--out", default=None, help=f"run folder, resumed if it holds an unfinished run (default: {where})")
+    parser.add_argument("--backend", default=None,
+                        help=f"numpy, numba or jax (default: the fastest installed, here {fastest_backend()})")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the training runs and the tasks " + default_text(full, None, "seed"))
+    parser.add_argument("--x-scale", type=_x_scale, default=None,
+                        help="a in x ~ U(-a, a): a number, 'paper' (1) or 'authors_code' (0.5) " + default_text(full, None, "x_scale"))
+    for field, text in options:
+        parser.add_argument("--" + field.replace("_", "-"), type=int, default=None, help=f"{text} {default_text(full, quick, field)}")
+    parser.add_argument("--val-tasks", type=int, default=None, help="validation tasks " + default_text(full, quick, "val_tasks"))
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of seconds (short training, small evaluations) judged by weaker checks, not the paper's claims")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no backend line")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from iclgd import bench
+    from iclgd.experiments import multi_layer, one_layer, ood
+
     parser = argparse.ArgumentParser(
-        prog="iclgd", description="Transformers learn in context by gradient descent: executable and checkable."
+        prog="iclgd", description="Transformers learn in context by gradient descent: executable and checkable.",
+        epilog=EPILOG, formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    check = commands.add_parser("check", help="verify the oracle's identities (construction = GD, gradients, optimum)")
-    check.add_argument("--seed", type=int, default=0)
+    def command(parent, name: str, help: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, epilog="exit codes: see iclgd --help",
+                                 formatter_class=HelpFormatter)
+
+    check = command(commands, "check", "verify the oracle's identities (construction = GD, gradients, optimum)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the random configurations and tasks")
     check.add_argument("--tasks", type=int, default=200_000, help="Monte Carlo tasks for the optimum check")
     check.set_defaults(run=_check)
 
-    train = commands.add_parser("train", help="train a model (an LSA, or GD/GD++ with learned rates) from a TOML config ([task], [model], [train])")
+    train = command(commands, "train", "train a model (an LSA, or GD/GD++ with learned rates) from a TOML config ([task], [model], [train])")
     train.add_argument("--config", required=True, help="TOML file")
     train.add_argument("--out", required=True, help="run directory (resumed if it holds an unfinished run)")
-    train.add_argument("--backend", default=None, help="override [train] backend: numpy, numba or jax")
-    train.add_argument("--sampler", default=None, help="override [train] sampler: numpy (host, same on every backend) or jax")
+    train.add_argument("--set", action="append", default=None, metavar="TABLE.KEY=VALUE",
+                       help="override one key of the config, e.g. --set train.lr=0.002 (a TOML value; repeatable; "
+                            "validated as the file is; default: none)")
+    train.add_argument("--backend", default=None, help="override [train] backend: numpy, numba or jax (default: the config's)")
+    train.add_argument("--sampler", default=None,
+                       help="override [train] sampler: numpy (host, same on every backend) or jax (default: the config's)")
     train.add_argument("--seeds", type=int, default=None,
-                       help="train this many seeds (seed, seed+1, ...) into OUT/seed_S; one vmapped program on jax")
+                       help="train this many seeds (seed, seed+1, ...) into OUT/seed_S; one vmapped program on jax (default: one run in OUT)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
-    reproduce = commands.add_parser("reproduce", help="reproduce a claim of the paper")
+    reproduce = command(commands, "reproduce", "reproduce a claim of the paper")
     claims = reproduce.add_subparsers(dest="claim", metavar="CLAIM", required=True)
-    one = claims.add_parser("one-layer", help="a trained LSA layer = one GD step with the best rate (the main job)")
-    one.add_argument("--out", default="runs/one-layer")
-    one.add_argument("--backend", default="numpy", help="numpy, numba or jax")
-    one.add_argument("--sampler", default="numpy", help="numpy (host; the same tasks on every backend) or jax")
-    one.add_argument("--seed", type=int, default=0)
-    one.add_argument("--steps", type=int, default=5000)
-    one.add_argument("--x-scale", type=_x_scale, default=1.0,
-                     help="a in x ~ U(-a, a): a number, 'paper' (1) or 'authors_code' (0.5)")
-    one.add_argument("--val-tasks", type=int, default=10_000)
-    one.add_argument("--quiet", action="store_true")
+    one = command(claims, "one-layer", "a trained LSA layer = one GD step with the best rate (the main job)")
+    _add_reproduce_options(one, one_layer.OneLayerSetting(), one_layer.OneLayerSetting.quick(), "one-layer",
+                           [("steps", "training steps")])
+    one.add_argument("--sampler", default=None,
+                     help="numpy (host; the same tasks on every backend) or jax (default: numpy)")
     one.set_defaults(run=_reproduce)
-    deep = claims.add_parser("multi-layer", help="K-layer (or recurrent) LSA against K steps of GD and GD++")
-    deep.add_argument("--out", default=None, help="run folder (default runs/multi-layer, or runs/multi-layer-tied)")
-    deep.add_argument("--layers", default=None, help="comma-separated depths K (default 1,2,3,4,5)")
-    deep.add_argument("--tied", action="store_true", help="recurrent LSA (one weight set) and shared GD/GD++ rates")
-    deep.add_argument("--backend", default=None, help="numpy, numba or jax (default: the fastest installed)")
-    deep.add_argument("--seed", type=int, default=None)
-    deep.add_argument("--steps-per-layer", type=int, default=None,
-                      help="the K-layer LSA trains 1000 + this * K steps (default 1000)")
-    deep.add_argument("--baseline-steps", type=int, default=None, help="learned-rate GD/GD++ steps (default 2000)")
-    deep.add_argument("--val-tasks", type=int, default=None)
-    deep.add_argument("--quick", action="store_true", help="a run of seconds (K = 1, 2; short training), for tests")
-    deep.add_argument("--quiet", action="store_true")
+
+    deep = command(claims, "multi-layer", "K-layer (or recurrent) LSA against K steps of GD and GD++")
+    full, quick = multi_layer.MultiLayerSetting(), multi_layer.MultiLayerSetting.quick()
+    _add_reproduce_options(deep, full, quick, "multi-layer", [
+        ("steps_per_layer", f"the K-layer LSA trains {full.steps_base} + this * K steps ({quick.steps_base} + this * K with --quick)"),
+        ("baseline_steps", "learned-rate GD/GD++ training steps"),
+    ])
+    deep.add_argument("--layers", default=None, help="comma-separated depths K " + default_text(full, quick, "layers"))
+    deep.add_argument("--tied", action="store_true",
+                      help="recurrent LSA (one weight set) and shared GD/GD++ rates; default folder runs/multi-layer-tied")
     deep.set_defaults(run=_reproduce_multi_layer)
-    shift = claims.add_parser("ood", help="trained LSA layers and GD out of distribution: input scale, input law, distractors")
-    shift.add_argument("--out", default="runs/ood")
-    shift.add_argument("--backend", default=None, help="numpy, numba or jax (default: the fastest installed)")
-    shift.add_argument("--seed", type=int, default=None)
-    shift.add_argument("--steps", type=int, default=None, help="training steps of each model (default 5000)")
-    shift.add_argument("--val-tasks", type=int, default=None)
-    shift.add_argument("--quick", action="store_true", help="a run of seconds (short training), for tests")
-    shift.add_argument("--quiet", action="store_true")
+
+    shift = command(claims, "ood", "trained LSA layers and GD out of distribution: input scale, input law, distractors")
+    _add_reproduce_options(shift, ood.OODSetting(), ood.OODSetting.quick(), "ood", [("steps", "training steps of each model")])
     shift.set_defaults(run=_reproduce_ood)
-    bench = commands.add_parser("bench", help="time every installed backend on the same work, checked against the oracle")
-    bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
-    bench.add_argument("--backends", default=None, help="comma-separated (default: every installed one)")
-    bench.add_argument("--layers", default="1,4", help="comma-separated model depths")
-    bench.add_argument("--dtypes", default="float32,float64", help="comma-separated")
-    bench.add_argument("--repeats", type=int, default=30)
-    bench.set_defaults(run=_bench)
+
+    bench_parser = command(commands, "bench", "time every installed backend on the same work, checked against the oracle")
+    bench_parser.add_argument("--out", default=bench.DEFAULT_OUT,
+                              help="folder for bench.json and bench.md (the recorded results: benchmarks/results)")
+    bench_parser.add_argument("--backends", default=None, help="comma-separated (default: every installed one)")
+    bench_parser.add_argument("--layers", default="1,4", help="comma-separated model depths")
+    bench_parser.add_argument("--dtypes", default="float32,float64", help="comma-separated")
+    bench_parser.add_argument("--repeats", type=int, default=30, help="timed repeats of each operation (the median is reported)")
+    bench_parser.set_defaults(run=_bench)
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's final flush into a closed pipe is quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture): nothing to flush
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    from iclgd.train import TrainingDiverged
+    """Run the command; its exit code (EPILOG) is returned, and every failure is one line on stderr."""
+    from iclgd.train import RunInterrupted, TrainingDiverged
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -194,9 +328,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
+    except RunInterrupted as error:
+        print(f"iclgd: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("iclgd: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
     except TrainingDiverged as error:
         print(f"iclgd: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError as error:
+        if error.filename is not None:
+            print(f"iclgd: error: {os_error_line(error)}", file=sys.stderr)
+            return EX_IOERR
+        _silence_stdout()
+        return EXIT_SIGPIPE
+    except OSError as error:
+        print(f"iclgd: error: {os_error_line(error)}", file=sys.stderr)
+        return EX_IOERR
     except (ValueError, ImportError) as error:
         print(f"iclgd: error: {error}", file=sys.stderr)
         return 2

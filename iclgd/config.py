@@ -6,6 +6,8 @@
              tied, dtype); d and n_context default to the task's
     [train]  fields of TrainConfig below (steps, batch_size, lr, seed, checkpoint_every, backend, ...)
 
+`iclgd train --set table.key=value` (``apply_overrides``) changes any key before validation.
+
 Every error names the file, the table and key, and the reason; nothing is written anywhere
 while reading.
 """
@@ -166,8 +168,9 @@ def run_config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
         raise ConfigError(f"{source}: [train]: {error}") from None
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a TOML run configuration."""
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML run configuration, apply ``overrides`` (``table.key=value`` assignments, as
+    given to `iclgd train --set`; see ``apply_overrides``) and validate the result."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -175,7 +178,55 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return run_config_from_dict(data, str(path))
+    return run_config_from_dict(apply_overrides(data, overrides or []), str(path))
+
+
+def parse_assignment(assignment: str) -> tuple[str, str, object]:
+    """``"table.key=value"`` as (table, key, value); the value is read as a TOML value (0.002 a
+    float, 2 an int, true a bool, "x" a string) and is the raw text when it is not one (bare words)."""
+    target, equals, text = assignment.partition("=")
+    table, dot, key = target.strip().partition(".")
+    if not equals or not dot or not table or not key or "." in key:
+        raise ConfigError(f"--set expects table.key=value, such as train.lr=0.002; got {assignment!r}")
+    return table, key.strip(), _toml_or_text(text.strip())
+
+
+def _toml_or_text(text: str) -> object:
+    """``text`` read as one TOML value, else ``text`` itself."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    return parsed["v"] if list(parsed) == ["v"] else text
+
+
+def table_keys(table: str, data: dict) -> list[str]:
+    """The keys a config's ``table`` may set (for [model], those of the family ``data`` names)."""
+    if table != "model":
+        return [field.name for field in dataclasses.fields(TABLES[table])]
+    family = data.get("model", {}).get("family", "lsa")
+    if not isinstance(family, str) or family not in MODEL_FAMILIES:  # reported, with the families, when the config is validated
+        return ["family"]
+    model_class, fixed = MODEL_FAMILIES[family]
+    return ["family"] + [field.name for field in dataclasses.fields(model_class) if field.name not in fixed]
+
+
+def apply_overrides(data: dict, assignments: list[str]) -> dict:
+    """A copy of the raw config ``data`` with each ``table.key=value`` of ``assignments`` set
+    (later ones win), to be validated exactly as a file is.  Raises ConfigError naming --set and
+    the assignment for a malformed assignment or an unknown table or key."""
+    result = {table: dict(values) if isinstance(values, dict) else values for table, values in data.items()}
+    parsed = [(assignment, *parse_assignment(assignment)) for assignment in assignments]
+    for assignment, table, key, value in parsed:
+        if table not in TABLES:
+            raise ConfigError(f"--set {assignment}: unknown table [{table}]; expected one of {list(TABLES)}")
+        if not isinstance(result.setdefault(table, {}), dict):
+            raise ConfigError(f"--set {assignment}: the config's {table!r} is not a table; got {result[table]!r}")
+        result[table][key] = value
+    for assignment, table, key, _ in parsed:  # keys checked once the [model] family is final
+        if key not in table_keys(table, result):
+            raise ConfigError(f"--set {assignment}: unknown key {key!r} in [{table}]; expected one of {table_keys(table, result)}")
+    return result
 
 
 def _toml_value(value) -> str:

@@ -74,4 +74,4 @@ def test_a_bad_setting_is_rejected_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["reproduce", "one-layer", "--out", str(out), "--val-tasks", "1", "--quiet"]) == 2
     assert not out.exists()
-    assert "val_tasks must be >= 2" in capsys.readouterr().err
+    assert "--val-tasks must be >= 2" in capsys.readouterr().err

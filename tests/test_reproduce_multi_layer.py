@@ -39,9 +39,16 @@ def test_quick_run_writes_every_file_and_one_resumable_run_per_model_and_depth(q
             assert runio.list_checkpoints(out / f"K{k}" / model)
 
 
-def test_exit_code_is_1_exactly_when_a_claim_fails(quick_run):
+def test_the_quick_runs_exit_code_is_1_exactly_when_a_smoke_check_fails(quick_run):
     code, _, results = quick_run
-    assert code == (0 if all(row[3] for row in multi_layer.comparison_rows(results)) else 1)
+    assert code == (0 if all(row[3] for row in multi_layer.smoke_rows(results)) else 1)
+
+
+def test_a_full_runs_exit_code_is_1_exactly_when_a_claim_fails(quick_run):
+    _, _, results = quick_run
+    full = json.loads(json.dumps(results))
+    full["setting"]["smoke"] = False
+    assert multi_layer.exit_code(full) == (0 if all(row[3] for row in multi_layer.comparison_rows(full)) else 1)
 
 
 def test_the_tied_run_states_the_recurrent_claim_against_gdpp(quick_run):
@@ -161,11 +168,11 @@ def test_a_model_compared_with_itself_is_perfectly_aligned():
     "args, message",
     [
         (["--layers", "1,x"], "--layers must be comma-separated positive integers"),
-        (["--layers", "0"], "layers must be a positive integer"),
-        (["--layers", "2,2"], "layers must not repeat a depth"),
-        (["--val-tasks", "1"], "val_tasks must be >= 2"),
-        (["--backend", "torch"], "backend must be one of"),
-        (["--steps-per-layer", "-1"], "steps_per_layer must be a non-negative integer"),
+        (["--layers", "0"], "--layers must be a positive integer"),
+        (["--layers", "2,2"], "--layers must not repeat a depth"),
+        (["--val-tasks", "1"], "--val-tasks must be >= 2"),
+        (["--backend", "torch"], "--backend must be one of"),
+        (["--steps-per-layer", "-1"], "--steps-per-layer must be a non-negative integer"),
     ],
 )
 def test_bad_multi_layer_arguments_exit_2_with_a_message(args, message, capsys, tmp_path):

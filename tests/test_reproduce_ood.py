@@ -140,17 +140,31 @@ def test_the_input_scale_rows_are_those_of_evaluate_input_scale_sweep(quick_run)
 # --- claims, report and exit code -------------------------------------------------------------
 
 
-def test_exit_code_is_0_exactly_when_every_claim_holds(quick_run):
+def as_full_run(results):
+    """A copy of the quick run's results judged as a full run's (by the paper's claims)."""
+    full = json.loads(json.dumps(results))
+    full["setting"]["smoke"] = False
+    return full
+
+
+def test_exit_code_of_a_full_run_is_0_exactly_when_every_claim_holds(quick_run):
     _, out, results = quick_run
-    saved = json.loads((out / "results.json").read_text())
+    saved = as_full_run(json.loads((out / "results.json").read_text()))
     rows = ood.comparison_rows(saved)
     assert rows == ood.comparison_rows(results)
     assert ood.exit_code(saved) == (0 if all(row[3] for row in rows) else 1)
 
 
+def test_exit_code_of_a_quick_run_is_0_exactly_when_every_smoke_check_holds(quick_run):
+    _, out, results = quick_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["setting"]["smoke"] is True
+    assert ood.exit_code(saved) == (0 if all(row[3] for row in ood.smoke_rows(saved)) else 1)
+
+
 def test_an_ood_gap_just_over_10_percent_fails_its_claim_and_the_exit_code(quick_run):
     _, _, results = quick_run
-    passing = json.loads(json.dumps(results))
+    passing = as_full_run(results)
     for model in ood.MODELS:  # make every claim hold: LSA = GD everywhere, distractor model better
         own = passing["models"][model]["in_distribution"]
         own["model_minus_gd"]["mean"] = 0.0
@@ -257,5 +271,5 @@ def test_bad_ood_arguments_exit_2_with_a_message(tmp_path, capsys):
     from iclgd.cli import main
 
     assert main(["reproduce", "ood", "--quick", "--out", str(tmp_path), "--val-tasks", "1"]) == 2
-    assert "val_tasks must be >= 2" in capsys.readouterr().err
+    assert "--val-tasks must be >= 2" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

@@ -19,17 +19,18 @@ the raw validation loss is reported too.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from iclgd import baselines, plots, runio
 from iclgd._checks import positive_int
-from iclgd.backends import get_backend
+from iclgd.backends import fastest_backend, get_backend
 from iclgd.config import RunConfig
 from iclgd.construct import gd_construction
-from iclgd.experiments.output import claims_table, fmt, write_outputs
+from iclgd.experiments import output
+from iclgd.experiments.output import beats_zero_check, finite_check, fmt, results_tables, write_outputs, zero_predictor_loss
 from iclgd.evaluate import compare_with_gd, input_scale_sweep, interpolation_sweep, stream, tune_gd_eta, validation_batch
 from iclgd.models import LSAConfig
 from iclgd.tasks import X_SCALES, LinearRegressionTask
@@ -40,23 +41,33 @@ from iclgd.train import load_checkpoint, train
 @dataclass(frozen=True)
 class OneLayerSetting:
     """The paper's setting (d = N = 10, one layer, one head, batch 2048, lr 1e-3) and our run length.
-    A cosine decay of the learning rate lets 5000 steps land on the optimum on a laptop CPU."""
+    A cosine decay of the learning rate lets 5000 steps land on the optimum on a laptop CPU.
+    ``backend`` defaults to the fastest installed one (numba, else jax, else numpy); ``smoke``
+    marks a smoke run (``quick``), judged by ``smoke_rows`` instead of the paper's claims."""
 
     steps: int = 5000
     seed: int = 0
     x_scale: float = 1.0
-    backend: str = "numpy"
+    backend: str = field(default_factory=fastest_backend)
     sampler: str = "numpy"
     val_tasks: int = 10_000
     tune_tasks: int = 100_000  # GD's line search: the one-step loss is a parabola in eta, so it is cheap
     n_curve_points: int = 20
+    smoke: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.smoke, bool):
+            raise ValueError(f"smoke must be True or False; got {self.smoke!r}")
         for name in ("val_tasks", "tune_tasks"):
             if positive_int(name, getattr(self, name)) < 2:
                 raise ValueError(f"{name} must be >= 2 (a standard error needs two tasks); got {getattr(self, name)}")
         positive_int("n_curve_points", self.n_curve_points)
         self.run_config()  # validates the task, model and training settings
+
+    @classmethod
+    def quick(cls, **changes) -> "OneLayerSetting":
+        """A smoke run of seconds (as the walkthrough's --quick): 300 steps, small evaluations."""
+        return cls(**(dict(steps=300, val_tasks=2000, tune_tasks=10_000, smoke=True) | changes))
 
     def run_config(self) -> RunConfig:
         task = LinearRegressionTask(d=10, n_context=10, x_scale=self.x_scale)
@@ -124,6 +135,7 @@ def run(out_dir: str | Path, setting: OneLayerSetting, quiet: bool = False) -> d
         "interpolation": interpolation_sweep(backend, cfg, state.params, constructed, batch),
         "ood_input_scale": input_scale_sweep(backend, cfg, state.params, task, setting.val_tasks, setting.seed, gd_eta),
         "training_curve": curve,
+        "zero_predictor_loss": zero_predictor_loss(batch.targets),
         "train_seconds": train_seconds,
     }
     results["relative_excess_over_optimum"] = results["trained_expected_loss"]["mean"] / optimum.half_mse - 1.0
@@ -136,7 +148,7 @@ def run(out_dir: str | Path, setting: OneLayerSetting, quiet: bool = False) -> d
         "alignment.png": lambda path: plots.alignment_curve(path, curve),
         "ood.png": lambda path: plots.input_scale_sweep(path, results["ood_input_scale"]),
     }
-    return write_outputs(out_dir, results, figures, report)
+    return write_outputs(out_dir, results, figures, report, comparison_rows, smoke_rows)
 
 
 def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
@@ -152,8 +164,7 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
         ("no one-layer LSA beats the closed-form one-step optimum",
          f"expected loss {r['trained_expected_loss']['mean']:.4f} ± {r['trained_expected_loss']['stderr']:.4f} vs optimum {r['optimal_loss']:.4f} ({100 * excess:+.2f}%)",
          "within 1% of the optimum", abs(excess) <= 0.01),
-        ("tuned GD eta is the optimal eta", f"line search {r['gd_eta']:.4f}, closed form {r['optimal_eta']:.4f}",
-         "within 5%", abs(r["gd_eta"] / r["optimal_eta"] - 1) <= 0.05),
+        eta_row(r),
         ("predictions match GD (preds diff ~ 0)", fmt(r["preds_diff"]), "< 5% of GD's RMS error",
          r["preds_diff"]["mean"] < 0.05 * np.sqrt(2 * r["gd_loss"]["mean"])),
         ("sensitivities align (model cos ~ 1)", fmt(r["model_cos"]), ">= 0.99", r["model_cos"]["mean"] >= 0.99),
@@ -165,8 +176,25 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
     ]
 
 
+def eta_row(r: dict) -> tuple[str, str, str, bool]:
+    """The line-searched GD rate against the closed-form optimum (a claim, and a smoke check)."""
+    return ("tuned GD eta is the optimal eta", f"line search {r['gd_eta']:.4f}, closed form {r['optimal_eta']:.4f}",
+            "within 5%", abs(r["gd_eta"] / r["optimal_eta"] - 1) <= 0.05)
+
+
+def smoke_rows(r: dict) -> list[tuple[str, str, str, bool]]:
+    """The weaker criteria of a smoke run (``--quick``): finite numbers, GD's rate as theory says,
+    and a trained layer well below predicting 0."""
+    return [finite_check(r), eta_row(r), beats_zero_check("the LSA", {"trained LSA": r["trained_loss"]}, r["zero_predictor_loss"])]
+
+
+def exit_code(r: dict) -> int:
+    """0 when every claim holds (every smoke check, for a smoke run), else 1."""
+    return output.exit_code(r, comparison_rows, smoke_rows)
+
+
 def table(r: dict) -> str:
-    return claims_table(comparison_rows(r))
+    return results_tables(r, comparison_rows, smoke_rows)
 
 
 def report(r: dict) -> str:
@@ -176,7 +204,8 @@ def report(r: dict) -> str:
     )
     interp_lines = "\n".join(f"| {row['alpha']:g} | {fmt(row['loss'])} |" for row in r["interpolation"])
     figures = "".join(f"\n![{name}]({name})" for name in r["figures"])
-    return f"""# One trained LSA layer = one step of gradient descent
+    title = " (smoke run, --quick)" if output.is_smoke(r) else ""
+    return f"""# One trained LSA layer = one step of gradient descent{title}
 
 Claim (von Oswald et al. 2023, Sec. 3, Fig. 2): {r['claim']}.
 
