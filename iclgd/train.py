@@ -345,8 +345,10 @@ class _OneByOne:
 
 def _trainer_for(backend, runs: list[RunDirectory]):
     """One vmapped program for many seeds where the backend has one, else a trainer per run."""
-    if len(runs) > 1 and hasattr(backend, "seeds_trainer") and runs[0].config.model.family == "lsa":
-        return backend.seeds_trainer(runs[0].config, [run.config.train.seed for run in runs])
+    if len(runs) > 1 and runs[0].config.model.family == "lsa":
+        program = backend.seeds_trainer(runs[0].config, [run.config.train.seed for run in runs])
+        if program is not None:
+            return program
     return _OneByOne([trainer_for(backend, run.config) for run in runs])
 
 
