@@ -61,11 +61,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from iclgd._checks import float_dtype, nonnegative_int, positive_int
-from iclgd.backends.training import StepRecord, TrainState, batch_rng, initial_state
 from iclgd.backends.base import Backend
+from iclgd.backends.training import StepRecord, TrainState, initial_state
 from iclgd.models import LSAConfig, attention_products, check_params, layer_prefixes
 from iclgd.optim import AdamConfig, AdamState
-from iclgd.streams import jax_base_key, jax_batch_key
+from iclgd.streams import batch_rng, jax_base_key, jax_batch_key
 from iclgd.tasks import Batch, LinearRegressionTask
 from iclgd.tasks.inputs import draw_inputs_jax, flat_draw
 

@@ -1,7 +1,8 @@
 """Training state and the host-side trainer shared by the NumPy and numba backends.
 
 The data stream is stateless: batch t is drawn from ``batch_rng(seed, t)``, a PCG64 generator
-keyed by (seed, t), so a run continues from its step alone, on any backend.
+keyed by (seed, t), so a run continues from its step alone, on any backend (every stream is
+defined in iclgd.streams).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from iclgd import gd_models
 from iclgd.models import init_params
 from iclgd.optim import AdamState, adam_chain, adam_chain_state, adam_state_of, apply_updates, global_norm
+from iclgd.streams import batch_rng, init_rng, init_seed  # noqa: F401 (init_seed re-exported)
 
 
 @dataclass
@@ -42,22 +44,11 @@ class StepRecord:
         return bool(np.isfinite(self.loss) and np.isfinite(self.grad_norm) and self.params_finite)
 
 
-def init_seed(seed: int) -> np.random.SeedSequence:
-    """The model-init stream of a run."""
-    return np.random.SeedSequence(seed, spawn_key=(1,))
-
-
-def batch_rng(seed: int, step: int) -> np.random.Generator:
-    """The generator of training batch ``step``: PCG64 keyed by (seed, step), independent of
-    every other step, so a run resumes, on any backend, from its step alone."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, step)))
-
-
 def initial_state(config) -> TrainState:
     """Step 0 of a run: params (LSA weights, or the rates of a learned-rate GD model) from
     ``init_seed(seed)`` at ``init_scale``, zero Adam moments."""
     init = gd_models.init_params if isinstance(config.model, gd_models.LearnedGDConfig) else init_params
-    params = init(config.model, np.random.default_rng(init_seed(config.train.seed)), scale=config.train.init_scale)
+    params = init(config.model, init_rng(config.train.seed), scale=config.train.init_scale)
     return TrainState(0, params, AdamState.zeros_like(params))
 
 
@@ -72,10 +63,7 @@ class ThroughLSA:
 
     def sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
         lsa_cfg, lsa_params = gd_models.as_lsa(cfg, params)
-        if hasattr(self.backend, "sample_loss_and_grad"):
-            loss, lsa_grads = self.backend.sample_loss_and_grad(lsa_cfg, task, lsa_params, batch_size, rng)
-        else:
-            loss, lsa_grads = self.backend.loss_and_grad(lsa_cfg, lsa_params, task.sample(batch_size, rng))
+        loss, lsa_grads = self.backend.sample_loss_and_grad(lsa_cfg, task, lsa_params, batch_size, rng)
         return loss, gd_models.pullback(cfg, lsa_grads)
 
 
