@@ -39,6 +39,8 @@ only: results do not depend on it.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -401,9 +403,31 @@ def _weight_grads(params: dict, prefixes: list[str], d_p: np.ndarray, d_r: np.nd
     return grads
 
 
+def _entry_kernels():
+    """The kernels the backend calls from Python (the others are compiled into them)."""
+    return (_batch_pass, _sampled_grad_pass, _one_layer_sampled_grad_pass, _layer_maps)
+
+
+def uncached_kernels() -> list[str]:
+    """Names of the entry kernels with no compiled copy in numba's on-disk cache yet.
+
+    Every kernel is compiled with ``cache=True``: the first process on a machine compiles them
+    (about a minute on 2 cores) and writes them next to this file (``__pycache__``, or numba's
+    user cache when that folder is read-only); later processes load them in well under a second."""
+    missing = []
+    for kernel in _entry_kernels():
+        cache = getattr(kernel, "_cache", None)
+        folder = Path(getattr(cache, "cache_path", "") or "")
+        name = kernel.py_func.__name__
+        if not folder.is_dir() or not any(folder.glob(f"numba_backend.{name}-*.nbi")):
+            missing.append(name)
+    return missing
+
+
 class NumbaBackend(Backend):
     """Compiled, batch-parallel backend: the public methods of ``Backend`` validate the inputs,
-    these run the kernels above."""
+    these run the kernels above.  Constructing it says on stderr when the kernels are not in
+    numba's disk cache yet, i.e. when the first calls will compile them."""
 
     name = "numba"
 
@@ -411,6 +435,9 @@ class NumbaBackend(Backend):
         # idle OpenMP threads spin briefly, then sleep (module doc); an explicit setting wins
         if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
             os.environ["GOMP_SPINCOUNT"] = "10000"
+        if uncached_kernels():
+            print("iclgd: compiling the numba kernels for this machine (once, about a minute on 2 cores); "
+                  "later runs load them from numba's disk cache", file=sys.stderr)
 
     def _run(self, cfg, params, tokens, targets, mode):
         p, r, slots, prefixes = _products(cfg, params)
