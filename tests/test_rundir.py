@@ -382,3 +382,33 @@ def test_a_full_disk_ends_with_one_error_line_and_a_resumable_directory(tmp_path
         load_checkpoint(path, "float64", iclgd.config.load_run_config(moved / "config.toml"))
     assert _start(["train", "--config", str(config), "--out", str(moved), "--quiet"]).wait(300) == 0
     assert runio.list_checkpoints(moved)[-1][0] == FINAL_STEP
+
+
+# --- many kills at random moments ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_sigkilled_at_twenty_random_moments_resumes_to_the_bit_exact_final_state(tmp_path, whole_run):
+    """SIGKILL at >= 20 moments drawn at random over a process's life (start-up, lock, config,
+    training, checkpoint writes), each time rerunning the same command on the same directory."""
+    import random
+    import signal
+
+    config, whole = whole_run
+    run = tmp_path / "killed"
+    moments = random.Random(20261201)
+    kills = 0
+    while kills < 20:
+        process = _start(["train", "--config", str(config), "--out", str(run), "--quiet"])
+        try:
+            process.wait(timeout=moments.uniform(0.05, 2.5))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+            kills += 1
+            continue
+        assert process.returncode == 0, process.stderr.read()
+        if runio.list_checkpoints(run) and runio.list_checkpoints(run)[-1][0] == FINAL_STEP:
+            shutil.rmtree(run)  # finished before the kill: start again, the kills must land mid-run
+    assert _start(["train", "--config", str(config), "--out", str(run), "--quiet"]).wait(300) == 0
+    assert _final_checkpoint_bytes(run) == whole
