@@ -1,4 +1,10 @@
-"""Figures of a run (PNG, written atomically). Needs the `plot` extra (matplotlib)."""
+"""Figures of a run (PNG, written atomically). Needs the `plot` extra (matplotlib).
+
+Every figure is meant to be read without the report: axes say what is plotted and in which
+units (losses are half-MSE, 0.5 mean (yhat - y)^2, in squared label units; steps are
+optimiser updates), log axes carry plain decimal ticks, a trained model that overlaps GD gets
+its own markers and a ratio panel, and the ``title`` argument (the experiment's: tied or
+untied, the input scale) heads the figure."""
 from __future__ import annotations
 
 import io
@@ -17,14 +23,42 @@ def matplotlib_available() -> bool:
     return True
 
 
-def _figure(n_panels: int = 1, width: float = 5.0):
+LOSS_LABEL = "half-MSE (validation tasks)"
+
+
+def _figure(n_panels: int = 1, width: float = 5.0, title: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, 3.6 + (0.3 if title else 0.0)), squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return plt, fig, axes[0]
+
+
+def _log_y(ax) -> None:
+    """A log y axis whose ticks read as plain decimals (0.2, 0.3, 0.5, 1) at 1-2-3-5 steps."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _ratio_panel(ax, xs, ratios, errors, labels, xlabel: str, reference: str, colors=None) -> None:
+    """100 (model / reference - 1) % against x, with a zero line: where two loss curves overlap
+    on a log axis, this shows which is lower and by how much (``colors``: the reference's colour
+    in the loss panel, default C1, C2, ...)."""
+    for i, (values, error, label) in enumerate(zip(ratios, errors, labels)):
+        ax.errorbar(xs, 100 * np.asarray(values), yerr=None if error is None else 100 * np.asarray(error),
+                    fmt="o-", ms=4, capsize=2, color=(colors or [f"C{j + 1}" for j in range(len(ratios))])[i], label=label)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"model / {reference} - 1 (%)")
+    ax.legend(fontsize=7)
 
 
 def _save(plt, fig, path: Path) -> None:
@@ -35,49 +69,61 @@ def _save(plt, fig, path: Path) -> None:
     runio.atomic_write_bytes(path, buffer.getvalue())
 
 
-def loss_curve(path: Path, metrics_records: list[dict], checkpoints: list[dict], gd_loss: float, optimal_loss: float) -> None:
-    """Training loss (per logged step) and validation loss at checkpoints, with the GD and optimum lines."""
-    plt, fig, (ax,) = _figure(width=6.0)
+def loss_curve(path: Path, metrics_records: list[dict], checkpoints: list[dict], gd_loss: float, optimal_loss: float,
+               *, title: str = "") -> None:
+    """Left: training loss (per logged step) and validation loss at checkpoints, with the GD and
+    optimum lines.  Right: the validation loss relative to GD's, 100 (LSA / GD - 1) %."""
+    plt, fig, (ax, ratio) = _figure(2, width=5.0, title=title)
     steps = np.array([r["step"] for r in metrics_records])
     losses = np.array([r["loss"] for r in metrics_records])
     ax.plot(steps, losses, color="0.7", lw=0.8, label="training batch loss (fresh tasks)")
     ax.plot([c["step"] for c in checkpoints], [c["loss"] for c in checkpoints], "o-", ms=3, label="trained LSA (validation)")
     ax.axhline(gd_loss, color="C1", ls="--", label=f"GD, tuned eta (validation, {gd_loss:.4f})")
     ax.axhline(optimal_loss, color="C2", ls=":", label=f"closed-form optimum (expectation, {optimal_loss:.4f})")
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
+    _log_y(ax)
+    ax.set_xlabel("training step (optimiser updates)")
     ax.set_ylabel("half-MSE")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    late = [c for c in checkpoints if c["step"] > 0]
+    _ratio_panel(ratio, [c["step"] for c in late], [[c["loss"] / gd_loss - 1.0 for c in late]], [None],
+                 ["trained LSA (validation)"], "training step (optimiser updates)", "GD")
     _save(plt, fig, path)
 
 
-def alignment_curve(path: Path, checkpoints: list[dict]) -> None:
+def alignment_curve(path: Path, checkpoints: list[dict], *, title: str = "") -> None:
     """preds diff, model cos and model diff against GD, over training."""
-    plt, fig, axes = _figure(3, width=3.6)
+    plt, fig, axes = _figure(3, width=3.6, title=title)
     steps = [c["step"] for c in checkpoints]
+    units = {"preds_diff": "mean |yhat_LSA - yhat_GD| (label units)", "model_cos": "mean cosine (1 = aligned)",
+             "model_diff": "mean L2 distance (label / input units)"}
     for ax, key, label in zip(axes, ("preds_diff", "model_cos", "model_diff"), ("preds diff", "model cos", "model diff")):
         ax.plot(steps, [c[key] for c in checkpoints], "o-", ms=3)
-        ax.set_xlabel("training step")
+        ax.set_xlabel("training step (optimiser updates)")
+        ax.set_ylabel(units[key], fontsize=8)
         ax.set_title(f"{label} (LSA vs GD)")
     _save(plt, fig, path)
 
 
-def input_scale_sweep(path: Path, rows: list[dict]) -> None:
-    """Loss of the trained model and of GD when inputs are scaled by alpha."""
-    plt, fig, (ax,) = _figure()
+def input_scale_sweep(path: Path, rows: list[dict], *, title: str = "") -> None:
+    """Left: loss of the trained model and of GD when inputs are scaled by alpha (log scale).
+    Right: the trained model relative to GD, 100 (LSA / GD - 1) %."""
+    plt, fig, (ax, ratio) = _figure(2, width=5.0, title=title)
     alphas = [r["alpha"] for r in rows]
-    for key, label in (("model_loss", "trained LSA"), ("gd_loss", "GD (eta tuned at alpha = 1)")):
+    for (key, label), fmt in zip((("model_loss", "trained LSA"), ("gd_loss", "GD (eta tuned at alpha = 1)")), ("o-", "s--")):
         means = np.array([r[key]["mean"] for r in rows])
         errors = np.array([r[key]["stderr"] for r in rows])
-        ax.errorbar(alphas, means, yerr=errors, marker="o", ms=3, capsize=2, label=label)
-    ax.set_yscale("log")
+        ax.errorbar(alphas, means, yerr=errors, fmt=fmt, ms=4, capsize=2, label=label)
+    _log_y(ax)
     ax.set_xlabel("input scale alpha (x ~ U(-alpha a, alpha a))")
-    ax.set_ylabel("half-MSE")
+    ax.set_ylabel(LOSS_LABEL)
     ax.legend(fontsize=8)
+    gd = np.array([r["gd_loss"]["mean"] for r in rows])
+    model = np.array([r["model_loss"]["mean"] for r in rows])
+    _ratio_panel(ratio, alphas, [model / gd - 1.0], [None], ["trained LSA"], "input scale alpha", "GD")
     _save(plt, fig, path)
 
 
-def ood_sweep(path: Path, sweeps: dict[str, list[dict]], key: str, xlabel: str, band: float = 0.10) -> None:
+def ood_sweep(path: Path, sweeps: dict[str, list[dict]], key: str, xlabel: str, band: float = 0.10, *, title: str = "") -> None:
     """Out-of-distribution sweep of several models, each against its own GD baseline.
 
     ``sweeps``: model name -> rows, each with the shift ``row[key]`` (a number, or a name drawn
@@ -85,7 +131,7 @@ def ood_sweep(path: Path, sweeps: dict[str, list[dict]], key: str, xlabel: str, 
     Left: half-MSE of each model (solid) and of its GD (dashed), log scale.  Right: the relative
     gap 100 (LSA / GD - 1) % = 100 mean(LSA - GD) / mean(GD), error bars one paired standard
     error, with the band +-100 ``band`` % shaded."""
-    plt, fig, (left, right) = _figure(2, width=5.0)
+    plt, fig, (left, right) = _figure(2, width=5.0, title=title)
     first = next(iter(sweeps.values()))
     categorical = isinstance(first[0][key], str)
     for i, (name, rows) in enumerate(sweeps.items()):
@@ -104,9 +150,9 @@ def ood_sweep(path: Path, sweeps: dict[str, list[dict]], key: str, xlabel: str, 
                        label=f"LSA ({name}) vs its GD")
     right.axhspan(-100 * band, 100 * band, color="0.9", zorder=0, label=f"+-{100 * band:g}%")
     right.axhline(0.0, color="0.5", lw=0.8)
-    left.set_yscale("log")
-    left.set_ylabel("half-MSE")
-    right.set_ylabel("LSA / GD - 1 (%)")
+    _log_y(left)
+    left.set_ylabel(LOSS_LABEL)
+    right.set_ylabel("LSA / its GD - 1 (%)")
     for ax in (left, right):
         ax.set_xlabel(xlabel)
         if categorical:
@@ -116,41 +162,49 @@ def ood_sweep(path: Path, sweeps: dict[str, list[dict]], key: str, xlabel: str, 
     _save(plt, fig, path)
 
 
-def loss_by_depth(path: Path, rows: list[dict], labels: dict) -> None:
-    """Half-MSE against depth K: trained LSA, tuned GD, learned-rate GD and GD++ (multi-layer claim)."""
-    plt, fig, (ax,) = _figure()
+def loss_by_depth(path: Path, rows: list[dict], labels: dict, *, title: str = "") -> None:
+    """Left: half-MSE against depth K of the trained LSA, tuned GD, learned-rate GD and GD++
+    (multi-layer claim).  Right: the trained LSA relative to learned-rate GD++ and GD, in %."""
+    plt, fig, (ax, ratio) = _figure(2, width=5.0, title=title)
     depths = [r["n_layers"] for r in rows]
     for key, style in (("lsa", "o-"), ("tuned_gd", "s--"), ("gd", "^:"), ("gdpp", "v-.")):
         means = np.array([r["loss"][key]["mean"] for r in rows])
         errors = np.array([r["loss"][key]["stderr"] for r in rows])
-        ax.errorbar(depths, means, yerr=errors, fmt=style, ms=4, capsize=2, label=labels[key])
+        ax.errorbar(depths, means, yerr=errors, fmt=style, ms=5 if key == "lsa" else 4, capsize=2, label=labels[key])
+    _log_y(ax)
     ax.set_xticks(depths)
     ax.set_xlabel("layers / steps K")
-    ax.set_ylabel("half-MSE (validation)")
+    ax.set_ylabel(LOSS_LABEL)
     ax.legend(fontsize=8)
+    lsa = np.array([r["loss"]["lsa"]["mean"] for r in rows])
+    others = ("gdpp", "gd")
+    _ratio_panel(ratio, depths, [lsa / np.array([r["loss"][k]["mean"] for r in rows]) - 1.0 for k in others],
+                 [None, None], [f"trained LSA vs {labels[k]}" for k in others], "layers / steps K", "baseline",
+                 colors=["C3", "C2"])
+    ratio.set_xticks(depths)
     _save(plt, fig, path)
 
 
-def loss_by_layer(path: Path, rows: list[dict], labels: dict) -> None:
+def loss_by_layer(path: Path, rows: list[dict], labels: dict, *, title: str = "") -> None:
     """Inside each trained model: the half-MSE of the prediction read out after layer l, one line per depth K."""
     keys = ("lsa", "gdpp", "gd", "tuned_gd")
-    plt, fig, axes = _figure(len(keys), width=3.6)
+    plt, fig, axes = _figure(len(keys), width=3.6, title=title)
     for ax, key in zip(axes, keys):
         for r in rows:
             per_layer = r["loss_per_layer"][key]
             ax.plot(range(1, len(per_layer) + 1), [e["mean"] for e in per_layer], "o-", ms=3, label=f"K = {r['n_layers']}")
         ax.set_title(labels[key])
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_xlabel("read out after layer l")
         ax.set_xticks(range(1, max(r["n_layers"] for r in rows) + 1))
-    axes[0].set_ylabel("half-MSE")
+    axes[0].set_ylabel(LOSS_LABEL)
     axes[0].legend(fontsize=7)
     _save(plt, fig, path)
 
 
-def alignment_by_depth(path: Path, rows: list[dict], labels: dict) -> None:
+def alignment_by_depth(path: Path, rows: list[dict], labels: dict, *, title: str = "") -> None:
     """preds diff, model cos and model diff of the trained LSA against learned GD and GD++, by depth."""
-    plt, fig, axes = _figure(3, width=3.6)
+    plt, fig, axes = _figure(3, width=3.6, title=title)
     depths = [r["n_layers"] for r in rows]
     for ax, metric, title in zip(axes, ("preds_diff", "model_cos", "model_diff"), ("preds diff", "model cos", "model diff")):
         for other in ("gd", "gdpp"):
