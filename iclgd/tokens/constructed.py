@@ -59,6 +59,17 @@ def encode(examples: Examples, dtype: str = "float64") -> Batch:
     return Batch(tokens.astype(dtype, copy=False), ys[:, n].astype(dtype, copy=False), examples.weights.astype(dtype, copy=False))
 
 
+def prefix_tokens(examples: Examples, k: int, dtype: str = "float64") -> np.ndarray:
+    """The tokens that ask for y_k (1-based) from the pairs before it: (B, k, d + 1), the
+    context (x_i, y_i) for i < k, then the query token (x_k, 0).  k = 1 has no context."""
+    if not 1 <= k <= examples.length:
+        raise ValueError(f"k must be in 1..{examples.length} (the number of pairs); got {k}")
+    xs, ys = examples.xs[:, :k], examples.ys[:, :k]
+    tokens = np.concatenate([xs, ys[:, :, None]], axis=2)
+    tokens[:, -1, -1] = 0.0
+    return tokens.astype(dtype, copy=False)
+
+
 def split(tokens: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B, N + 1, d + 1) tokens -> context inputs X (B, N, d), labels y (B, N), query x_q (B, d),
     all float64.  Raises ValueError on a wrong shape or non-finite values."""
