@@ -34,10 +34,15 @@ def test_column_k_sees_only_the_pairs_before_it():
     assert np.all(before[:, 4:] != after[:, 4:])
 
 
-def test_with_no_context_every_predictor_answers_zero():
+def test_with_no_context_every_predictor_answers_zero_as_the_oracle_computes_it():
+    from iclgd.backends.numpy_backend import QUERY_ROW, _forward, _read_out
+
     ex = examples(4, 5, 7, 1)
     cfg = iclgd.LSAConfig(d=4)
     params = iclgd.init_params(cfg, 0, scale=1.0)
+    # the oracle's own forward pass on a query token with no context (the API refuses N = 0)
+    empty = prefix_tokens(ex, 1)
+    np.testing.assert_array_equal(_read_out(_forward(cfg, params, empty, QUERY_ROW)[0][-1]), np.zeros(7))
     for table in (predictors.lsa_per_prefix(iclgd.get_backend("numpy"), cfg, params, ex),
                   predictors.gd_per_prefix(ex, 1.0), predictors.least_squares_per_prefix(ex), predictors.ridge_per_prefix(ex, 0.1)):
         assert table.shape == (7, 6) and np.all(table[:, 0] == 0.0)  # K = n_context + 1 pairs
