@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from runs import assert_same_state
 from strategies import random_params, seeds
 
 import iclgd
@@ -388,14 +389,6 @@ def stream_config(**model):
     return run_config_from_dict({"task": {"d": 3, "n_context": 4}, "model": {"n_layers": 2, "n_heads": 2, **model},
                                  "train": {"steps": 5, "batch_size": 16, "lr": 0.01, "init_scale": 0.5, "seed": 11,
                                            "checkpoint_every": 5}})
-
-
-def assert_same_state(a, b):
-    assert a.step == b.step and a.adam.count == b.adam.count
-    for name in a.params:
-        np.testing.assert_array_equal(a.params[name], b.params[name])
-        np.testing.assert_array_equal(a.adam.m[name], b.adam.m[name])
-        np.testing.assert_array_equal(a.adam.v[name], b.adam.v[name])
 
 
 def test_advancing_3_then_2_steps_equals_advancing_5_steps():

@@ -5,9 +5,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 import tracemalloc
 import zipfile
@@ -15,32 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runs import SMALL, small_config, snapshot, start_cli, truncate_after
 
 import iclgd
 from iclgd import runio
-from iclgd.backends import fastest_backend  # noqa: F401 (documents the rule the CLI uses)
 from iclgd.config import run_config_from_dict
 from iclgd.train import CheckpointMismatch, RunDirectory, TrainingDiverged, load_checkpoint, train
-
-SMALL = {"task": {"d": 3, "n_context": 5}, "model": {"n_layers": 2, "n_heads": 2}}
-
-
-def small_config(**train_fields):
-    fields = {"steps": 40, "batch_size": 64, "checkpoint_every": 10, "log_every": 5, **train_fields}
-    return run_config_from_dict({**SMALL, "train": fields})
-
-
-def truncate_after(run_dir: Path, step: int) -> None:
-    """Delete the checkpoints after ``step``, as if the run had stopped there."""
-    for s, path in runio.list_checkpoints(run_dir):
-        if s > step:
-            path.unlink()
-
-
-def snapshot(run_dir: Path) -> dict:
-    """Every file below run_dir: bytes and modification time."""
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
-
 
 def installed_backends():
     import importlib.util
@@ -93,9 +71,8 @@ def whole_run(tmp_path_factory):
     return config, _final_checkpoint_bytes(folder / "run")
 
 
-def _start(args, env_code=""):
-    code = textwrap.dedent(env_code) + "\nimport sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(args):
+    return start_cli(args, text=True)
 
 
 def _wait_for(condition, seconds=60.0):

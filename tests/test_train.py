@@ -1,35 +1,17 @@
 """The training loop: checkpoints that resume bit-for-bit, divergence handling (the optimiser: test_optim.py)."""
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runs import SMALL, assert_same_state, small_config, start_cli
 
-import iclgd
 from iclgd import runio
 from iclgd.backends.numpy_backend import NumpyBackend
-from iclgd.config import RunConfig, load_run_config, run_config_from_dict
+from iclgd.config import load_run_config, run_config_from_dict
 from iclgd.train import StepRecord, TrainingDiverged, load_checkpoint, train
-
-SMALL = {"task": {"d": 3, "n_context": 5}, "model": {"n_layers": 2, "n_heads": 2}}
-
-
-def small_config(**train) -> RunConfig:
-    return run_config_from_dict({**SMALL, "train": {"steps": 40, "batch_size": 64, "checkpoint_every": 10, "log_every": 5, **train}})
-
-
-def assert_same_state(a, b):
-    assert a.step == b.step and a.adam.count == b.adam.count
-    for name in a.params:
-        np.testing.assert_array_equal(a.params[name], b.params[name])
-        np.testing.assert_array_equal(a.adam.m[name], b.adam.m[name])
-        np.testing.assert_array_equal(a.adam.v[name], b.adam.v[name])
-
 
 # --- the loop and its run directory -------------------------------------------------------------
 
@@ -104,11 +86,6 @@ log_every = 5
 """
 
 
-def _start(args, env_code=""):
-    code = textwrap.dedent(env_code) + "\nimport sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def _final_state(run_dir: Path):
     step, path = runio.list_checkpoints(run_dir)[-1]
     assert step == 400
@@ -119,9 +96,9 @@ def test_a_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     config_path = tmp_path / "run.toml"
     config_path.write_text(CONFIG_TOML)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert _start(["train", "--config", str(config_path), "--out", str(whole), "--quiet"]).wait(120) == 0
+    assert start_cli(["train", "--config", str(config_path), "--out", str(whole), "--quiet"]).wait(120) == 0
 
-    process = _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"])
+    process = start_cli(["train", "--config", str(config_path), "--out", str(killed), "--quiet"])
     deadline = time.time() + 60
     while len(runio.list_checkpoints(killed)) < 4 and time.time() < deadline:
         time.sleep(0.01)
@@ -129,7 +106,7 @@ def test_a_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     process.wait(30)
     assert len(runio.list_checkpoints(killed)) < 21, "the run finished before it was killed"
 
-    assert _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"]).wait(120) == 0
+    assert start_cli(["train", "--config", str(config_path), "--out", str(killed), "--quiet"]).wait(120) == 0
     assert_same_state(_final_state(whole), _final_state(killed))
 
 
@@ -139,7 +116,7 @@ def test_a_run_killed_in_the_middle_of_a_checkpoint_write_resumes_bit_for_bit(tm
     config_path = tmp_path / "run.toml"
     config_path.write_text(CONFIG_TOML)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert _start(["train", "--config", str(config_path), "--out", str(whole), "--quiet"]).wait(120) == 0
+    assert start_cli(["train", "--config", str(config_path), "--out", str(whole), "--quiet"]).wait(120) == 0
     die_mid_write = """
         import os, signal
         real_replace, renames = os.replace, []
@@ -153,11 +130,11 @@ def test_a_run_killed_in_the_middle_of_a_checkpoint_write_resumes_bit_for_bit(tm
             real_replace(src, dst)
         os.replace = dying_replace
     """
-    process = _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"], die_mid_write)
+    process = start_cli(["train", "--config", str(config_path), "--out", str(killed), "--quiet"], die_mid_write)
     assert process.wait(60) == -signal.SIGKILL
     assert [s for s, _ in runio.list_checkpoints(killed)] == [0, 20]
     assert list((killed / "checkpoints").glob(".step_00000040.npz.*.tmp")), "the torn temp file is left behind"
-    assert _start(["train", "--config", str(config_path), "--out", str(killed), "--quiet"]).wait(120) == 0
+    assert start_cli(["train", "--config", str(config_path), "--out", str(killed), "--quiet"]).wait(120) == 0
     assert_same_state(_final_state(whole), _final_state(killed))
 
 
