@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import signal
 import sys
+import threading
 
 from iclgd import __version__
 
@@ -317,6 +319,28 @@ def _silence_stdout() -> None:
         pass
 
 
+class _Terminated(BaseException):
+    """SIGTERM outside a training loop (which handles it itself, as RunInterrupted)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs in the main thread, SIGTERM raises _Terminated, so the command stops
+    between two Python operations (files are written atomically) and exits 143 with one line."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signal_number, _frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; its exit code (EPILOG) is returned, and every failure is one line on stderr."""
     from iclgd.train import RunInterrupted, TrainingDiverged
@@ -327,12 +351,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.run(args)
+        with _sigterm_as_interrupt():
+            return args.run(args)
     except RunInterrupted as error:
         print(f"iclgd: {error}", file=sys.stderr)
         return error.exit_code
+    except _Terminated:
+        print("iclgd: terminated; rerun the same command to resume", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
-        print("iclgd: interrupted", file=sys.stderr)
+        print("iclgd: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_SIGINT
     except TrainingDiverged as error:
         print(f"iclgd: {error}", file=sys.stderr)

@@ -345,4 +345,22 @@ def test_a_signal_stopped_run_prints_its_message_and_exits_with_its_code(monkeyp
 def test_ctrl_c_outside_training_prints_interrupted_and_exits_130(monkeypatch, capsys):
     failing_check(monkeypatch, KeyboardInterrupt())
     assert main(["check"]) == 130
-    assert capsys.readouterr().err == "iclgd: interrupted\n"
+    assert capsys.readouterr().err == "iclgd: interrupted; rerun the same command to resume\n"
+
+
+def test_sigterm_outside_training_stops_the_command_with_one_line_and_exit_143(monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    from iclgd import checks
+
+    def terminated_midway(**_):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(checks, "run_checks", terminated_midway)
+    assert main(["check"]) == 143
+    assert capsys.readouterr().err == "iclgd: terminated; rerun the same command to resume\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed afterwards
