@@ -36,3 +36,13 @@ def random_batch(d: int, n_context: int, batch_size: int, seed: int, x_scale: fl
 
 
 seeds = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def model_cases(draw, dtype="float64", max_layers=3, max_batch=6):
+    """(cfg, params, batch) from a drawn config: Gaussian params of a drawn std in [0.2, 0.6]
+    cast to ``dtype`` and a batch of 1..max_batch tasks (float64; backends cast it)."""
+    cfg, n_context = draw(lsa_configs(max_layers=max_layers, dtype=dtype))
+    seed = draw(seeds)
+    params = {name: value.astype(dtype) for name, value in random_params(cfg, seed, draw(st.floats(0.2, 0.6))).items()}
+    return cfg, params, random_batch(cfg.d, n_context, draw(st.integers(1, max_batch)), seed)
