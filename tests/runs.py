@@ -15,6 +15,12 @@ from iclgd.config import RunConfig, run_config_from_dict
 SMALL = {"task": {"d": 3, "n_context": 5}, "model": {"n_layers": 2, "n_heads": 2}}
 
 
+def cli_config_toml(steps: int, checkpoint_every: int, log_every: int) -> str:
+    """A run config file for `iclgd train` in a child process: a 2-layer LSA on d = 4, N = 6, batch 256."""
+    return (f"[task]\nd = 4\nn_context = 6\n[model]\nn_layers = 2\n[train]\nsteps = {steps}\nbatch_size = 256\n"
+            f"checkpoint_every = {checkpoint_every}\nlog_every = {log_every}\n")
+
+
 def small_config(**train) -> RunConfig:
     """A two-layer, two-head LSA on d = 3, N = 5 for 40 steps of batch 64, checkpoints every 10."""
     return run_config_from_dict({**SMALL, "train": {"steps": 40, "batch_size": 64, "checkpoint_every": 10, "log_every": 5, **train}})

@@ -191,20 +191,21 @@ def test_adams_clipping_branch_below_the_clip_equals_no_clipping(seed, dtype):
 # --- Adam: the chain is the formula, bit for bit ------------------------------------------------
 
 
-@settings(max_examples=60)
-@given(
-    st.integers(0, 2**32 - 1),
-    st.floats(1e-4, 1e-1),
-    st.sampled_from([None, 0.05, 1.0, 1e3]),
-    st.sampled_from([np.float32, np.float64]),
-    st.integers(1, 6),
-)
-def test_adam_chain_equals_the_clipped_adam_formula_bit_for_bit(seed, lr, clip, dtype, steps):
-    rng = np.random.default_rng(seed)
-    params = draw_params(rng, dtype)
-    grads_seq = [draw_grads(rng, params, scale=rng.uniform(0.01, 10.0)) for _ in range(steps)]
-    expected_params, expected_m, expected_v = adam_by_formula(params, grads_seq, lr, clip)
+@st.composite
+def adam_problems(draw):
+    """(params, gradients of 1-6 steps, lr, clip or None, the formula's params, m and v after them)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    lr, clip = draw(st.floats(1e-4, 1e-1)), draw(st.sampled_from([None, 0.05, 1.0, 1e3]))
+    params = draw_params(rng, draw(st.sampled_from([np.float32, np.float64])))
+    grads_seq = [draw_grads(rng, params, scale=rng.uniform(0.01, 10.0)) for _ in range(draw(st.integers(1, 6)))]
+    return (params, grads_seq, lr, clip, *adam_by_formula(params, grads_seq, lr, clip))
 
+
+@settings(max_examples=60)
+@given(adam_problems())
+def test_adam_chain_equals_the_clipped_adam_formula_bit_for_bit(problem):
+    params, grads_seq, lr, clip, expected_params, expected_m, expected_v = problem
+    steps = len(grads_seq)
     transform = chain(clip_by_global_norm(clip) if clip is not None else identity(), scale_by_adam(B1, B2, EPS), scale_by_learning_rate(lr))
     ours, state = params, transform.init(params)
     for grads in grads_seq:
@@ -217,18 +218,10 @@ def test_adam_chain_equals_the_clipped_adam_formula_bit_for_bit(seed, lr, clip, 
 
 
 @settings(max_examples=40)
-@given(
-    st.integers(0, 2**32 - 1),
-    st.floats(1e-4, 1e-1),
-    st.sampled_from([None, 0.05, 1.0, 1e3]),
-    st.sampled_from([np.float32, np.float64]),
-    st.integers(1, 6),
-)
-def test_adam_update_equals_the_clipped_adam_formula_bit_for_bit(seed, lr, clip, dtype, steps):
-    rng = np.random.default_rng(seed)
-    params = draw_params(rng, dtype)
-    grads_seq = [draw_grads(rng, params, scale=rng.uniform(0.01, 10.0)) for _ in range(steps)]
-    expected_params, expected_m, expected_v = adam_by_formula(params, grads_seq, lr, clip)
+@given(adam_problems())
+def test_adam_update_equals_the_clipped_adam_formula_bit_for_bit(problem):
+    params, grads_seq, lr, clip, expected_params, expected_m, expected_v = problem
+    steps = len(grads_seq)
 
     config, ours, state = AdamConfig(lr=lr, clip_norm=clip), params, AdamState.zeros_like(params)
     for grads in grads_seq:

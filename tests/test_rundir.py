@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runs import SMALL, small_config, snapshot, start_cli, truncate_after
+from runs import SMALL, cli_config_toml, small_config, snapshot, start_cli, truncate_after
 
 import iclgd
 from iclgd import runio
@@ -46,18 +46,7 @@ def test_the_lock_file_is_gone_after_a_run(tmp_path):
     assert not (tmp_path / runio.LOCK_FILE).exists()
 
 
-CONFIG_TOML = """
-[task]
-d = 4
-n_context = 6
-[model]
-n_layers = 2
-[train]
-steps = 1500
-batch_size = 256
-checkpoint_every = 50
-log_every = 50
-"""
+CONFIG_TOML = cli_config_toml(steps=1500, checkpoint_every=50, log_every=50)
 FINAL_STEP = 1500
 
 

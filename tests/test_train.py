@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runs import SMALL, assert_same_state, small_config, start_cli
+from runs import SMALL, assert_same_state, cli_config_toml, small_config, start_cli
 
 from iclgd import runio
 from iclgd.backends.numpy_backend import NumpyBackend
@@ -72,18 +72,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
 
 # --- a killed process resumes bit-for-bit ---------------------------------------------------------
 
-CONFIG_TOML = """
-[task]
-d = 4
-n_context = 6
-[model]
-n_layers = 2
-[train]
-steps = 400
-batch_size = 256
-checkpoint_every = 20
-log_every = 5
-"""
+CONFIG_TOML = cli_config_toml(steps=400, checkpoint_every=20, log_every=5)
 
 
 def _final_state(run_dir: Path):
