@@ -23,7 +23,9 @@ Run it (from the repository root):
 The full run records what it printed in reference/results/01_one_step_gd.txt and its numbers
 in reference/results/01_one_step_gd.json; --quick writes those two files to --out (or to a
 fresh temporary directory) instead.  Every number printed comes from the code below, from
-explicit seeds.  The script exits with status 1 if any check it narrates fails.
+explicit seeds.  The script exits with status 1 if any check it narrates fails.  The setting is
+that of ``iclgd reproduce one-layer`` (iclgd.experiments.one_layer.OneLayerSetting) on the NumPy
+oracle; the closed forms come from iclgd.baselines and iclgd.theory.
 
 Conventions (DESIGN.md): tokens e_i = (x_i, y_i) in R^(d+1), the query token (x_q, 0) last;
 x ~ U(-1, 1)^d (the paper's text, a = 1), w ~ N(0, I_d), no label noise; the read-out is
@@ -31,27 +33,23 @@ yhat = -(query's y-slot after the layer); the loss is half the mean squared erro
 """
 from __future__ import annotations
 
-import platform
+import dataclasses
 import sys
-import tempfile
 import textwrap
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import iclgd
-from iclgd import baselines, metrics
+from iclgd import baselines, theory
 from iclgd.config import RunConfig, run_config_to_toml
-from iclgd.evaluate import compare_with_gd, stream, tune_gd_eta, validation_batch
+from iclgd.experiments.one_layer import LayerEvaluation, OneLayerSetting, evaluate_layer
 from iclgd.interpolate import effective_matrices
-from iclgd.runio import list_checkpoints, read_jsonl
-from iclgd.train import TrainConfig, load_checkpoint, train
-from walkthrough import Checks, finish, matrix_lines, max_abs_diff, parse_args, Transcript
+from iclgd.runio import read_jsonl
+from walkthrough import Checks, Session, Transcript, matrix_lines, max_abs_diff, train_run
 
 NAME = "01_one_step_gd"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 D_IN = 10  # d, the input dimension
 N_CONTEXT = 10  # N, the number of (x_i, y_i) pairs in a context
 TOKEN_LABELS = [f"x{i + 1}" for i in range(D_IN)] + ["y"]
@@ -59,41 +57,38 @@ TOKEN_LABELS = [f"x{i + 1}" for i in range(D_IN)] + ["y"]
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes and seeds of one run of the walkthrough (full or --quick)."""
+    """The experiment's setting as this walkthrough runs it (``iclgd reproduce one-layer``'s, on the
+    NumPy oracle, with GD's rate line-searched on fewer tasks and a checkpoint every tenth of the
+    run) and the sizes and seeds only the walkthrough uses."""
 
-    quick: bool
-    steps: int  # training steps
-    val_tasks: int  # validation tasks, shared by every comparison (paired)
-    line_search_tasks: int  # tasks on which GD's learning rate is tuned
+    experiment: OneLayerSetting
     mc_tasks: int  # Monte Carlo tasks for checking the closed-form optimum
     demo_tasks: int = 1000  # tasks for the construction checks of step 1
-    batch_size: int = 2048
-    lr: float = 1e-3
-    schedule: str = "cosine"
     demo_eta: float = 0.7  # any rate works for the construction; 0.7 is just not special
-    train_seed: int = 0  # training data and init (two independent streams, see iclgd.train)
-    eval_seed: int = 0  # validation and line-search tasks (independent streams, see iclgd.evaluate)
     demo_seed: int = 1  # step 1's tasks
     w0_seed: int = 2  # step 1's nonzero initial guess W0
     mc_seed: int = 3  # step 2's Monte Carlo tasks
 
+    def run_config(self) -> RunConfig:
+        """The experiment's training run, logged every 50th of the run (for step 3's table)."""
+        config = self.experiment.run_config()
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, log_every=max(1, config.train.steps // 50)))
 
-FULL = Settings(quick=False, steps=5000, val_tasks=10_000, line_search_tasks=10_000, mc_tasks=200_000)
-QUICK = Settings(quick=True, steps=300, val_tasks=2_000, line_search_tasks=2_000, mc_tasks=20_000)
+    def record(self) -> dict:
+        """The sizes and seeds as the results record them."""
+        e, train_cfg = self.experiment, self.run_config().train
+        return {"quick": e.smoke, "steps": e.steps, "val_tasks": e.val_tasks, "line_search_tasks": e.tune_tasks,
+                "mc_tasks": self.mc_tasks, "demo_tasks": self.demo_tasks, "batch_size": train_cfg.batch_size, "lr": train_cfg.lr,
+                "schedule": train_cfg.schedule, "demo_eta": self.demo_eta, "train_seed": e.seed, "eval_seed": e.seed,
+                "demo_seed": self.demo_seed, "w0_seed": self.w0_seed, "mc_seed": self.mc_seed}
 
 
-# --------------------------------------------------------------------------------------------
-# Printing: a transcript that is printed as it goes and kept for the results file
-# --------------------------------------------------------------------------------------------
+FULL = Settings(OneLayerSetting(backend="numpy", tune_tasks=10_000, n_curve_points=10), mc_tasks=200_000)
+QUICK = Settings(OneLayerSetting.quick(backend="numpy", tune_tasks=2_000, n_curve_points=10), mc_tasks=20_000)
 
 
 def vector_line(vector: np.ndarray, decimals: int = 4) -> str:
     return "[" + ", ".join(f"{float(v):.{decimals}f}" for v in vector) + "]"
-
-
-# --------------------------------------------------------------------------------------------
-# Step 1: the construction, by hand
-# --------------------------------------------------------------------------------------------
 
 
 def hand_built_weights(d: int, n_context: int, eta: float, w0: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,15 +136,12 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     by_hand = hand_built_weights(d, n, eta, np.zeros(d))
     key_labels = [f"k{j + 1}" for j in range(d + 1)]
     value_labels = [f"v{j + 1}" for j in range(d + 1)]
-    t.out("W_q = W_k (rows: token entries, columns: query/key entries)")
-    t.out(matrix_lines(by_hand["layer0.w_q"][0], TOKEN_LABELS, key_labels, decimals=0))
-    t.out("")
-    t.out("W_v (rows: token entries, columns: value entries)")
-    t.out(matrix_lines(by_hand["layer0.w_v"][0], TOKEN_LABELS, value_labels, decimals=0))
-    t.out("")
-    t.out(f"W_o (rows: value entries, columns: token entries); the one entry is eta/N = {eta / n:g}")
-    t.out(matrix_lines(by_hand["layer0.w_o"][0], value_labels, TOKEN_LABELS, decimals=2))
-    t.out("")
+    t.out("W_q = W_k (rows: token entries, columns: query/key entries)\n"
+          + matrix_lines(by_hand["layer0.w_q"][0], TOKEN_LABELS, key_labels, decimals=0) + "\n")
+    t.out("W_v (rows: token entries, columns: value entries)\n"
+          + matrix_lines(by_hand["layer0.w_v"][0], TOKEN_LABELS, value_labels, decimals=0) + "\n")
+    t.out(f"W_o (rows: value entries, columns: token entries); the one entry is eta/N = {eta / n:g}\n"
+          + matrix_lines(by_hand["layer0.w_o"][0], value_labels, TOKEN_LABELS, decimals=2) + "\n")
 
     t.prose("""
         The library builds the same weights with iclgd.gd_construction(cfg, eta). They should
@@ -159,9 +151,8 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     library = iclgd.gd_construction(cfg, eta)
     same_layout = sorted(library) == sorted(by_hand) and all(library[k].shape == by_hand[k].shape for k in library)
     weight_diff = max(max_abs_diff(library[k], by_hand[k]) for k in library) if same_layout else float("inf")
-    t.out(f"  parameter names: {sorted(library)}")
-    t.out(f"  shapes:          {[library[k].shape for k in sorted(library)]}")
-    t.out(f"  max |by hand - gd_construction| = {weight_diff:.3e}")
+    t.out(f"  parameter names: {sorted(library)}\n  shapes:          {[library[k].shape for k in sorted(library)]}\n"
+          f"  max |by hand - gd_construction| = {weight_diff:.3e}")
     checks("hand-built weights = iclgd.gd_construction", f"{weight_diff:.3e}", "== 0, same names and shapes",
            same_layout and weight_diff == 0.0)
     t.out("")
@@ -180,12 +171,9 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     gd_prediction = baselines.gd_predict(batch.tokens, eta, steps=1)
     x0, y0, xq0 = batch.tokens[0, :n, :d], batch.tokens[0, :n, d], batch.tokens[0, n, :d]
     w1_task0 = (eta / n) * (y0 @ x0)  # W1 = W0 - (eta/N) sum_i (W0 x_i - y_i) x_i with W0 = 0
-    t.out(f"  task 0: LSA prediction              {lsa_prediction[0]: .15f}")
-    t.out(f"          W1 . x_q (two lines above)  {float(w1_task0 @ xq0): .15f}")
-    t.out(f"          baselines.gd_predict        {gd_prediction[0]: .15f}")
-    t.out(f"          the target y_q              {batch.targets[0]: .15f}")
+    t.out(f"  task 0: LSA prediction              {lsa_prediction[0]: .15f}\n          W1 . x_q (two lines above)  {float(w1_task0 @ xq0): .15f}\n"
+          f"          baselines.gd_predict        {gd_prediction[0]: .15f}\n          the target y_q              {batch.targets[0]: .15f}\n")
     prediction_diff = max_abs_diff(lsa_prediction, gd_prediction)
-    t.out("")
     t.out(f"  all {s.demo_tasks} tasks: max |LSA prediction - GD prediction| = {prediction_diff:.3e}")
     checks("LSA(construction) prediction = one GD step", f"{prediction_diff:.3e}", "<= 1e-12", prediction_diff <= 1e-12)
     t.out("")
@@ -199,9 +187,8 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     sensitivity = backend.sensitivity(cfg, by_hand, batch.tokens)
     gd_weight = baselines.gd_weights(batch.tokens, eta, steps=1)
     sensitivity_diff = max_abs_diff(sensitivity, gd_weight)
-    t.out(f"  task 0: LSA sensitivity d yhat/d x_q = {vector_line(sensitivity[0])}")
-    t.out(f"          GD weight W1                 = {vector_line(gd_weight[0])}")
-    t.out(f"  all {s.demo_tasks} tasks: max |sensitivity - W1| = {sensitivity_diff:.3e}")
+    t.out(f"  task 0: LSA sensitivity d yhat/d x_q = {vector_line(sensitivity[0])}\n          GD weight W1                 = "
+          f"{vector_line(gd_weight[0])}\n  all {s.demo_tasks} tasks: max |sensitivity - W1| = {sensitivity_diff:.3e}")
     checks("LSA(construction) sensitivity = GD-updated weight W1", f"{sensitivity_diff:.3e}", "<= 1e-12",
            sensitivity_diff <= 1e-12)
     t.out("")
@@ -219,8 +206,8 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     prediction_w0 = backend.predict(cfg, by_hand_w0, iclgd.with_initial_guess(batch.tokens, w0))
     gd_prediction_w0 = baselines.gd_predict(batch.tokens, eta, steps=1, w0=w0)
     prediction_diff_w0 = max_abs_diff(prediction_w0, gd_prediction_w0)
-    t.out(f"  max |by hand - gd_construction(cfg, eta, w0=W0)|   = {weight_diff_w0:.3e}")
-    t.out(f"  max |LSA prediction - GD prediction from W0|      = {prediction_diff_w0:.3e}")
+    t.out(f"  max |by hand - gd_construction(cfg, eta, w0=W0)|   = {weight_diff_w0:.3e}\n"
+          f"  max |LSA prediction - GD prediction from W0|      = {prediction_diff_w0:.3e}")
     checks("construction from W0 != 0 = one GD step from W0", f"{max(weight_diff_w0, prediction_diff_w0):.3e}",
            "<= 1e-12", weight_diff_w0 == 0.0 and prediction_diff_w0 <= 1e-12)
     t.out("")
@@ -232,32 +219,17 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
         For the construction W_q W_k^T is the identity on the x-block, and W_v W_o has a single
         entry, in the (y, y) corner, equal to -eta/N = {-eta / n:g}:
     """)
-    t.out("W_v W_o of the construction")
-    t.out(matrix_lines(ov[0], TOKEN_LABELS, TOKEN_LABELS, decimals=2))
-    t.out("")
+    t.out("W_v W_o of the construction\n" + matrix_lines(ov[0], TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
     t.prose("""
         Only these products are determined: multiplying W_q W_k^T by any c and W_v W_o by 1/c
         gives the same layer. So a trained layer need not look like the construction entry by
         entry; what it must match is W_q W_k^T = c I (x-block) and (W_v W_o)[y, y] = -g with
         c * g = eta / N. We come back to this in step 4.
     """)
-    return {
-        "eta": eta,
-        "tasks": s.demo_tasks,
-        "seed": s.demo_seed,
-        "max_abs_weight_diff_vs_gd_construction": weight_diff,
-        "max_abs_prediction_diff_vs_gd": prediction_diff,
-        "max_abs_sensitivity_diff_vs_gd_weight": sensitivity_diff,
-        "w0_seed": s.w0_seed,
-        "w0_max_abs_weight_diff": weight_diff_w0,
-        "w0_max_abs_prediction_diff": prediction_diff_w0,
-        "task0": {"lsa": float(lsa_prediction[0]), "gd": float(gd_prediction[0]), "target": float(batch.targets[0])},
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Step 2: the best learning rate of one GD step
-# --------------------------------------------------------------------------------------------
+    return {"eta": eta, "tasks": s.demo_tasks, "seed": s.demo_seed, "max_abs_weight_diff_vs_gd_construction": weight_diff,
+            "max_abs_prediction_diff_vs_gd": prediction_diff, "max_abs_sensitivity_diff_vs_gd_weight": sensitivity_diff,
+            "w0_seed": s.w0_seed, "w0_max_abs_weight_diff": weight_diff_w0, "w0_max_abs_prediction_diff": prediction_diff_w0,
+            "task0": {"lsa": float(lsa_prediction[0]), "gd": float(gd_prediction[0]), "target": float(batch.targets[0])}}
 
 
 def step2_optimum(t: Transcript, checks: Checks, s: Settings) -> dict:
@@ -272,15 +244,15 @@ def step2_optimum(t: Transcript, checks: Checks, s: Settings) -> dict:
         iclgd.baselines.one_step_optimum, which also reports the loss in the paper's half-MSE:
     """)
     s2, m4 = a**2 / 3.0, a**4 / 5.0
-    curvature = (d / n) * s2 * (m4 + (n + d - 2) * s2**2)
-    slope = d * s2**2
-    offset = d * s2
+    curvature = (d / n) * s2 * (m4 + (n + d - 2) * s2**2)  # A
+    slope = d * s2**2  # B
+    offset = d * s2  # C
     eta_by_hand = slope / curvature
     half_mse_by_hand = 0.5 * (offset - slope**2 / curvature)
     optimum = baselines.one_step_optimum(d, n, x_scale=a)
-    t.out(f"  by hand:         eta* = {eta_by_hand:.10f}   half-MSE* = {half_mse_by_hand:.10f}")
-    t.out(f"  library:         eta* = {optimum.eta:.10f}   half-MSE* = {optimum.half_mse:.10f}")
-    t.out(f"  (50/33 = {50 / 33:.10f}; the loss of predicting 0, C/2 = {0.5 * offset:.10f})")
+    t.out(f"  by hand:         eta* = {eta_by_hand:.10f}   half-MSE* = {half_mse_by_hand:.10f}\n"
+          f"  library:         eta* = {optimum.eta:.10f}   half-MSE* = {optimum.half_mse:.10f}\n"
+          f"  (50/33 = {50 / 33:.10f}; the loss of predicting 0, C/2 = {0.5 * offset:.10f})")
     closed_form_diff = max(abs(eta_by_hand - optimum.eta), abs(half_mse_by_hand - optimum.half_mse))
     checks("closed form by hand = baselines.one_step_optimum", f"{closed_form_diff:.3e}", "<= 1e-12",
            closed_form_diff <= 1e-12)
@@ -294,37 +266,21 @@ def step2_optimum(t: Transcript, checks: Checks, s: Settings) -> dict:
         closed form too, eta_hat = sum_b p_b y_b / sum_b p_b^2 (this is what
         iclgd.evaluate.tune_gd_eta computes); its standard error comes from the delta method.
     """)
-    rng = np.random.default_rng(s.mc_seed)
-    chunk = 50_000  # sample in chunks to bound memory; one generator, so the draws do not depend on it
-    per_unit_eta, targets = [], []
-    for start in range(0, s.mc_tasks, chunk):
-        batch = task.sample(min(chunk, s.mc_tasks - start), rng)
-        per_unit_eta.append(baselines.gd_predict(batch.tokens, eta=1.0, steps=1))
-        targets.append(batch.targets)
-    p, y = np.concatenate(per_unit_eta), np.concatenate(targets)
-
-    def mc_half_mse(eta: float) -> metrics.Estimate:
-        return metrics.estimate(metrics.half_squared_errors(eta * p, y))
-
-    def closed_form_half_mse(eta: float) -> float:
-        return 0.5 * (curvature * eta**2 - 2 * slope * eta + offset)
-
+    sample = theory.OneStepSample.draw(task, s.mc_tasks, np.random.default_rng(s.mc_seed))
+    parabola = theory.one_step_parabola(d, n, s2, m4)
     t.out(f"  {'eta':>8} {'closed form':>12} {'Monte Carlo':>20}  half-MSE")
     table = []
     for eta in (0.5, 1.0, optimum.eta, 2.0, 2.5):
-        mc = mc_half_mse(eta)
-        table.append({"eta": eta, "closed_form": closed_form_half_mse(eta), "monte_carlo": mc.to_dict()})
+        mc = sample.half_mse(eta)
+        table.append({"eta": eta, "closed_form": parabola.half_mse(eta), "monte_carlo": mc.to_dict()})
         marker = "  <- eta*" if eta == optimum.eta else ""
-        t.out(f"  {eta:8.4f} {closed_form_half_mse(eta):12.4f} {mc.mean:11.4f} ± {mc.stderr:.4f}{marker}")
-    at_optimum = mc_half_mse(optimum.eta)
+        t.out(f"  {eta:8.4f} {parabola.half_mse(eta):12.4f} {mc.mean:11.4f} ± {mc.stderr:.4f}{marker}")
+    at_optimum = sample.half_mse(optimum.eta)
     z_loss = (at_optimum.mean - optimum.half_mse) / at_optimum.stderr
-    eta_hat = float(np.dot(p, y) / np.dot(p, p))
-    influence = (p * y - eta_hat * p * p) / np.mean(p * p)  # delta method for a ratio of means
-    eta_hat_stderr = float(influence.std(ddof=1) / np.sqrt(p.size))
-    z_eta = (eta_hat - optimum.eta) / eta_hat_stderr
-    t.out("")
-    t.out(f"  Monte Carlo half-MSE at eta*: {at_optimum:.4f}  vs closed form {optimum.half_mse:.4f}  ({z_loss:+.2f} s.e.)")
-    t.out(f"  Monte Carlo best eta:         {eta_hat:.4f} ± {eta_hat_stderr:.4f}  vs closed form {optimum.eta:.4f}  ({z_eta:+.2f} s.e.)")
+    best = sample.best_eta()
+    z_eta = (best.mean - optimum.eta) / best.stderr
+    t.out(f"\n  Monte Carlo half-MSE at eta*: {at_optimum:.4f}  vs closed form {optimum.half_mse:.4f}  ({z_loss:+.2f} s.e.)\n"
+          f"  Monte Carlo best eta:         {best:.4f}  vs closed form {optimum.eta:.4f}  ({z_eta:+.2f} s.e.)")
     checks("Monte Carlo half-MSE at eta* = closed form", f"{z_loss:+.2f} s.e.", "within 4 s.e.", abs(z_loss) <= 4)
     checks("Monte Carlo best eta = closed-form eta*", f"{z_eta:+.2f} s.e.", "within 4 s.e.", abs(z_eta) <= 4)
     t.out("")
@@ -333,42 +289,20 @@ def step2_optimum(t: Transcript, checks: Checks, s: Settings) -> dict:
         LSA layer can compute more than GD steps (other W_q W_k^T, W_v W_o), but in this setting
         none of them does better on average; the claim is that training finds this optimum.
     """)
-    return {
-        "x_scale": a,
-        "optimal_eta": optimum.eta,
-        "optimal_half_mse": optimum.half_mse,
-        "by_hand_minus_library": closed_form_diff,
-        "monte_carlo": {
-            "tasks": s.mc_tasks,
-            "seed": s.mc_seed,
-            "table": table,
-            "half_mse_at_optimal_eta": at_optimum.to_dict(),
-            "half_mse_z": z_loss,
-            "best_eta": {"mean": eta_hat, "stderr": eta_hat_stderr},
-            "best_eta_z": z_eta,
-        },
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Step 3: training a layer with the library's loop
-# --------------------------------------------------------------------------------------------
+    return {"x_scale": a, "optimal_eta": optimum.eta, "optimal_half_mse": optimum.half_mse, "by_hand_minus_library": closed_form_diff,
+            "monte_carlo": {"tasks": s.mc_tasks, "seed": s.mc_seed, "table": table, "half_mse_at_optimal_eta": at_optimum.to_dict(),
+                            "half_mse_z": z_loss, "best_eta": best.to_dict(), "best_eta_z": z_eta}}
 
 
 def step3_train(t: Transcript, checks: Checks, s: Settings, run_dir: Path) -> tuple[RunConfig, dict, dict]:
     t.heading("Step 3. Training one LSA layer from a small random start")
-    task = iclgd.LinearRegressionTask(d=D_IN, n_context=N_CONTEXT, x_scale="paper")
-    model = iclgd.LSAConfig(d=D_IN, n_layers=1, n_heads=1, n_context=N_CONTEXT)
-    train_cfg = TrainConfig(
-        steps=s.steps, batch_size=s.batch_size, lr=s.lr, seed=s.train_seed, schedule=s.schedule,
-        checkpoint_every=max(1, s.steps // 10), log_every=max(1, s.steps // 50),
-    )
-    config = RunConfig(task=task, model=model, train=train_cfg)
+    config = s.run_config()
+    train_cfg, e = config.train, s.experiment
     t.prose(f"""
         Now forget the construction. We start a layer from small random weights (every entry
-        ~ N(0, 0.002 / fan_in), iclgd.init_params) and train it with Adam (lr {s.lr:g},
-        {s.schedule} decay, gradients clipped at global norm {train_cfg.clip_norm:g}) on fresh
-        tasks every step, {s.batch_size} tasks per step, for {s.steps} steps, minimising the
+        ~ N(0, 0.002 / fan_in), iclgd.init_params) and train it with Adam (lr {train_cfg.lr:g},
+        {train_cfg.schedule} decay, gradients clipped at global norm {train_cfg.clip_norm:g}) on fresh
+        tasks every step, {train_cfg.batch_size} tasks per step, for {e.steps} steps, minimising the
         half-MSE of its read-out. The model sees only tokens and targets; nothing tells it about
         gradient descent.
 
@@ -378,84 +312,54 @@ def step3_train(t: Transcript, checks: Checks, s: Settings, run_dir: Path) -> tu
         final state (step, params, optimiser state, data-stream position). The config as it is
         written to {run_dir / 'config.toml'}:
     """)
-    t.out(textwrap.indent(run_config_to_toml(config).rstrip(), "    "))
-    t.out("")
-    resumed_from = list_checkpoints(run_dir)[-1][0] if list_checkpoints(run_dir) else None
-    if resumed_from is not None:
-        t.out(f"  (the run directory already holds a checkpoint at step {resumed_from}; train() resumes from it)")
-    started = time.perf_counter()
-    state = train(run_dir, config, quiet=False)
-    train_seconds = time.perf_counter() - started
-    t.out(f"  trained {state.step} steps in {train_seconds:.1f} s (NumPy oracle backend, float64)")
-    t.out("")
+    t.out(textwrap.indent(run_config_to_toml(config).rstrip(), "    ") + "\n")
+    state, train_seconds, resumed_from = train_run(t, run_dir, config)
+    t.out(f"  trained {state.step} steps in {train_seconds:.1f} s (NumPy oracle backend, float64)\n")
 
     log = read_jsonl(run_dir / "metrics.jsonl")
     # about every tenth of the run, and the last logged step
-    shown = {min(log, key=lambda r: abs(r["step"] - i * s.steps / 10))["step"] for i in range(10)} | {log[-1]["step"]}
-    t.out("  the training loss (on each step's own fresh batch, so it is noisy), from metrics.jsonl:")
-    t.out(f"  {'step':>6} {'lr':>10} {'loss':>8}")
-    for record in log:
-        if record["step"] in shown:
-            t.out(f"  {record['step']:6d} {record['lr']:10.2e} {record['loss']:8.4f}")
-    t.out("")
+    shown = {min(log, key=lambda r: abs(r["step"] - i * e.steps / 10))["step"] for i in range(10)} | {log[-1]["step"]}
+    t.out("  the training loss (on each step's own fresh batch, so it is noisy), from metrics.jsonl:\n"
+          f"  {'step':>6} {'lr':>10} {'loss':>8}")
+    t.out("\n".join(f"  {r['step']:6d} {r['lr']:10.2e} {r['loss']:8.4f}" for r in log if r["step"] in shown) + "\n")
 
-    backend = iclgd.get_backend("numpy")
     t.prose(f"""
         To evaluate, GD gets the same treatment the paper gave it: its learning rate is tuned by
-        a line search on {s.line_search_tasks} tasks from the training distribution
+        a line search on {e.tune_tasks} tasks from the training distribution
         (iclgd.evaluate.tune_gd_eta), and the trained layer and GD are then compared on the same
-        {s.val_tasks} held-out validation tasks (iclgd.evaluate.validation_batch; seed
-        {s.eval_seed}, streams that never overlap the training data or each other).
+        {e.val_tasks} held-out validation tasks (iclgd.evaluate.validation_batch; seed
+        {e.seed}, streams that never overlap the training data or each other).
     """)
-    gd_eta = tune_gd_eta(task.sample(s.line_search_tasks, stream(s.eval_seed, "line_search")), steps=1)
-    optimum = baselines.one_step_optimum(task.d, task.n_context, task.x_scale)
+    # the line search, and every comparison of steps 3 and 4, as `iclgd reproduce one-layer` makes them
+    evaluation = evaluate_layer(iclgd.get_backend("numpy"), config, state.params, e, run_dir)
+    gd_eta, optimum = evaluation.gd_eta, evaluation.optimum
     t.out(f"  tuned GD learning rate: {gd_eta:.4f}   (closed-form eta* = {optimum.eta:.4f}, "
           f"{100 * (gd_eta / optimum.eta - 1):+.2f}%)")
-    eta_tolerance = 0.15 if s.quick else 0.05
+    eta_tolerance = 0.15 if e.smoke else 0.05
     checks("line-searched GD eta = closed-form eta*", f"{100 * (gd_eta / optimum.eta - 1):+.2f}%",
-           f"within {100 * eta_tolerance:.0f}% ({s.line_search_tasks} tasks)", abs(gd_eta / optimum.eta - 1) <= eta_tolerance)
+           f"within {100 * eta_tolerance:.0f}% ({e.tune_tasks} tasks)", abs(gd_eta / optimum.eta - 1) <= eta_tolerance)
     t.out("")
 
-    batch = validation_batch(task, s.val_tasks, s.eval_seed)
     t.prose("""
         How did the layer get there? Its validation loss and the paper's "model cos" (the mean
         cosine between its sensitivity d yhat / d x_q and the tuned GD weight W1, see step 4) at
         each checkpoint. The start is ~ zero, predicting ~0 (loss about C/2 = d/6).
     """)
-    t.out(f"  {'step':>6} {'val loss':>9} {'model cos':>10}")
-    curve = []
-    for step, path in list_checkpoints(run_dir):
-        comparison = compare_with_gd(backend, model, load_checkpoint(path, model.dtype).params, batch, gd_eta)
-        curve.append({"step": step, "val_loss": comparison.model_loss.mean, "model_cos": comparison.model_cos.mean})
-        t.out(f"  {step:6d} {comparison.model_loss.mean:9.4f} {comparison.model_cos.mean:10.4f}")
-    t.out("")
-    training = {
-        "config_toml": run_config_to_toml(config),
-        "steps": state.step,
-        "train_seconds": train_seconds,
-        "resumed_from_step": resumed_from,
-        "final_logged_train_loss": log[-1]["loss"],
-        "gd_eta_line_search": gd_eta,
-        "line_search_tasks": s.line_search_tasks,
-        "validation_tasks": s.val_tasks,
-        "curve": curve,
-    }
-    return config, state.params, {"training": training, "batch": batch, "gd_eta": gd_eta, "optimum": optimum}
+    curve = [{"step": row["step"], "val_loss": row["loss"], "model_cos": row["model_cos"]} for row in evaluation.curve]
+    t.out(f"  {'step':>6} {'val loss':>9} {'model cos':>10}\n"
+          + "\n".join(f"  {row['step']:6d} {row['val_loss']:9.4f} {row['model_cos']:10.4f}" for row in curve) + "\n")
+    training = {"config_toml": run_config_to_toml(config), "steps": state.step, "train_seconds": train_seconds,
+                "resumed_from_step": resumed_from, "final_logged_train_loss": log[-1]["loss"], "gd_eta_line_search": gd_eta,
+                "line_search_tasks": e.tune_tasks, "validation_tasks": e.val_tasks, "curve": curve}
+    return config, state.params, {"training": training, "evaluation": evaluation}
 
 
-# --------------------------------------------------------------------------------------------
-# Step 4: the trained layer against GD
-# --------------------------------------------------------------------------------------------
-
-
-def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig, params: dict, ctx: dict) -> dict:
+def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig, params: dict, evaluation: LayerEvaluation) -> dict:
     t.heading("Step 4. The trained layer against one step of GD, on the same tasks")
-    backend = iclgd.get_backend("numpy")
-    model, batch, gd_eta, optimum = config.model, ctx["batch"], ctx["gd_eta"], ctx["optimum"]
-    tuned = compare_with_gd(backend, model, params, batch, gd_eta)
-    at_optimum = compare_with_gd(backend, model, params, batch, optimum.eta)
+    batch, gd_eta, optimum, tuned, at_optimum = (evaluation.batch, evaluation.gd_eta, evaluation.optimum, evaluation.tuned,
+                                                 evaluation.at_optimum)
     t.prose(f"""
-        iclgd.evaluate.compare_with_gd runs both on the {s.val_tasks} validation tasks and reports,
+        iclgd.evaluate.compare_with_gd runs both on the {s.experiment.val_tasks} validation tasks and reports,
         each with its standard error over tasks (±): the two half-MSE losses; their paired
         difference (the mean of per-task differences, which cancels most of the task-to-task
         noise); "preds diff", the mean |yhat_LSA - yhat_GD|; "model cos", the mean cosine
@@ -464,15 +368,12 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
     """)
     gd_rms = float(np.sqrt(2 * tuned.gd_loss.mean))
     mean_w1_norm = float(np.mean(np.linalg.norm(baselines.gd_weights(batch.tokens, gd_eta, 1), axis=1)))
-    t.out(f"  half-MSE, trained LSA     {tuned.model_loss:.4f}")
-    t.out(f"  half-MSE, GD (eta {gd_eta:.4f}) {tuned.gd_loss:.4f}")
-    t.out(f"  paired LSA - GD           {tuned.model_minus_gd:.5f}   ({100 * tuned.model_minus_gd.mean / tuned.gd_loss.mean:+.3f}% of GD's loss)")
-    t.out(f"  preds diff                {tuned.preds_diff:.4f}   (GD's RMS error is {gd_rms:.4f})")
-    t.out(f"  model cos                 {tuned.model_cos:.6f}")
-    t.out(f"  model diff                {tuned.model_diff:.4f}   (the mean length of W1 is {mean_w1_norm:.4f})")
-    t.out("")
-    expected = optimum.half_mse + at_optimum.model_minus_gd.mean
-    expected_stderr = at_optimum.model_minus_gd.stderr
+    t.out(f"  half-MSE, trained LSA     {tuned.model_loss:.4f}\n  half-MSE, GD (eta {gd_eta:.4f}) {tuned.gd_loss:.4f}\n"
+          f"  paired LSA - GD           {tuned.model_minus_gd:.5f}   ({100 * tuned.model_minus_gd.mean / tuned.gd_loss.mean:+.3f}% of GD's loss)\n"
+          f"  preds diff                {tuned.preds_diff:.4f}   (GD's RMS error is {gd_rms:.4f})\n"
+          f"  model cos                 {tuned.model_cos:.6f}\n"
+          f"  model diff                {tuned.model_diff:.4f}   (the mean length of W1 is {mean_w1_norm:.4f})\n")
+    expected, expected_stderr = evaluation.expected_loss.mean, evaluation.expected_loss.stderr
     excess = expected / optimum.half_mse - 1
     t.prose(f"""
         The raw validation loss carries sampling noise of ±{tuned.model_loss.stderr:.4f} from
@@ -480,10 +381,9 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
         at eta* has a known expected loss ({optimum.half_mse:.4f}, step 2), so add to it the
         paired difference between the layer and GD at eta* on the same tasks:
     """)
-    t.out(f"  paired LSA - GD(eta*)     {at_optimum.model_minus_gd:.5f}")
-    t.out(f"  expected LSA half-MSE     {expected:.4f} ± {expected_stderr:.4f}   vs the optimum {optimum.half_mse:.4f} ({100 * excess:+.2f}%)")
-    t.out("")
-    if s.quick:
+    t.out(f"  paired LSA - GD(eta*)     {at_optimum.model_minus_gd:.5f}\n"
+          f"  expected LSA half-MSE     {expected:.4f} ± {expected_stderr:.4f}   vs the optimum {optimum.half_mse:.4f} ({100 * excess:+.2f}%)\n")
+    if s.experiment.smoke:
         checks("trained loss below 1.5x the one-step optimum (quick run)", f"{tuned.model_loss.mean / optimum.half_mse:.3f}x",
                "< 1.5x", tuned.model_loss.mean < 1.5 * optimum.half_mse)
         checks("model cos (quick run)", f"{tuned.model_cos.mean:.4f}", "> 0.8", tuned.model_cos.mean > 0.8)
@@ -497,25 +397,17 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
         checks("model diff", f"{tuned.model_diff.mean:.4f}", "< 0.1", tuned.model_diff.mean < 0.1)
     t.out("")
 
-    qk, ov = (m[0] for m in effective_matrices(model, params)["layer0"])
+    qk, ov = (m[0] for m in effective_matrices(config.model, params)["layer0"])
     d = D_IN
     t.prose("""
         Finally, open the layer. Its four trained matrices need not look like the
         construction's (see the end of step 1), but their products are what the layer computes.
         Here they are, rounded to two decimals ('.' marks an entry that rounds to 0.00):
     """)
-    t.out("trained W_q W_k^T")
-    t.out(matrix_lines(qk, TOKEN_LABELS, TOKEN_LABELS, decimals=2))
-    t.out("")
-    t.out("trained W_v W_o")
-    t.out(matrix_lines(ov, TOKEN_LABELS, TOKEN_LABELS, decimals=2))
-    t.out("")
-    c = float(np.trace(qk[:d, :d]) / d)  # the scale of the identity block
-    g = float(-ov[d, d])  # minus the (y, y) entry
-    qk_off = qk[:d, :].copy()
-    qk_off[:, :d] -= c * np.eye(d)
-    ov_off = ov[:d, d]
-    product = c * g
+    t.out("trained W_q W_k^T\n" + matrix_lines(qk, TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
+    t.out("trained W_v W_o\n" + matrix_lines(ov, TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
+    reading = theory.read_gd_layer(qk, ov)  # c: the scale of the identity block; g: minus the (y, y) entry
+    c, g, product, other_qk, other_ov = reading.c, reading.g, reading.product, reading.other_qk, reading.other_ov
     t.prose(f"""
         Read the prediction off the layer: the query token is (x_q, 0) and only its y-slot is
         read, so only the x-rows of W_q W_k^T (the query's zero y-entry multiplies the last row)
@@ -526,66 +418,40 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
         x-block and W_v W_o has one entry, -g in the (y, y) corner; everything else there is
         small:
     """)
-    t.out(f"  c = mean diagonal of the x-block of W_q W_k^T      = {c:.5f}")
-    t.out(f"  largest other entry in the x-rows of W_q W_k^T     = {float(np.max(np.abs(qk_off))):.5f}  ({100 * float(np.max(np.abs(qk_off))) / abs(c):.2f}% of |c|)")
-    t.out(f"  g = -(W_v W_o)[y, y]                               = {g:.5f}")
-    t.out(f"  largest x-entry in the y-column of W_v W_o         = {float(np.max(np.abs(ov_off))):.5f}  ({100 * float(np.max(np.abs(ov_off))) / abs(g):.2f}% of |g|)")
-    t.out(f"  c * g                                              = {product:.5f}")
-    t.out(f"  tuned eta / N                                      = {gd_eta / N_CONTEXT:.5f}  (c*g is {100 * (product * N_CONTEXT / gd_eta - 1):+.2f}% off)")
-    t.out(f"  eta* / N                                           = {optimum.eta / N_CONTEXT:.5f}  (c*g is {100 * (product * N_CONTEXT / optimum.eta - 1):+.2f}% off)")
-    t.out(f"  the layer's own learning rate N * c * g            = {N_CONTEXT * product:.4f}")
-    t.out("")
-    if s.quick:
+    t.out(f"  c = mean diagonal of the x-block of W_q W_k^T      = {c:.5f}\n"
+          f"  largest other entry in the x-rows of W_q W_k^T     = {other_qk:.5f}  ({100 * other_qk / abs(c):.2f}% of |c|)\n"
+          f"  g = -(W_v W_o)[y, y]                               = {g:.5f}\n"
+          f"  largest x-entry in the y-column of W_v W_o         = {other_ov:.5f}  ({100 * other_ov / abs(g):.2f}% of |g|)\n"
+          f"  c * g                                              = {product:.5f}\n"
+          f"  tuned eta / N                                      = {gd_eta / N_CONTEXT:.5f}  (c*g is {100 * (product * N_CONTEXT / gd_eta - 1):+.2f}% off)\n"
+          f"  eta* / N                                           = {optimum.eta / N_CONTEXT:.5f}  (c*g is {100 * (product * N_CONTEXT / optimum.eta - 1):+.2f}% off)\n"
+          f"  the layer's own learning rate N * c * g            = {reading.eta(N_CONTEXT):.4f}\n")
+    if s.experiment.smoke:
         checks("trained product of scales c*g has the sign of eta/N (quick run)", f"{product:.4f}", "> 0", product > 0)
     else:
         checks("c * g = eta* / N", f"{100 * (product * N_CONTEXT / optimum.eta - 1):+.2f}%", "within 5%",
                abs(product * N_CONTEXT / optimum.eta - 1) <= 0.05)
-        checks("W_q W_k^T is a scaled identity on the x-rows", f"largest other entry {100 * float(np.max(np.abs(qk_off))) / abs(c):.2f}% of |c|",
-               "<= 5%", float(np.max(np.abs(qk_off))) <= 0.05 * abs(c))
-        checks("W_v W_o's y-column is a single (y, y) entry", f"largest other entry {100 * float(np.max(np.abs(ov_off))) / abs(g):.2f}% of |g|",
-               "<= 5%", float(np.max(np.abs(ov_off))) <= 0.05 * abs(g))
+        checks("W_q W_k^T is a scaled identity on the x-rows", f"largest other entry {100 * other_qk / abs(c):.2f}% of |c|",
+               "<= 5%", other_qk <= 0.05 * abs(c))
+        checks("W_v W_o's y-column is a single (y, y) entry", f"largest other entry {100 * other_ov / abs(g):.2f}% of |g|",
+               "<= 5%", other_ov <= 0.05 * abs(g))
     t.out("")
-    return {
-        "gd_eta": gd_eta,
-        "tuned": tuned.to_dict(),
-        "at_optimal_eta": at_optimum.to_dict(),
-        "gd_rms_error": gd_rms,
-        "mean_gd_weight_norm": mean_w1_norm,
-        "expected_trained_half_mse": {"mean": expected, "stderr": expected_stderr,
-                                      "method": "closed-form optimum + paired mean (trained - GD at eta*)"},
-        "relative_excess_over_optimum": excess,
-        "effective": {
-            "w_qk": np.round(qk, 6).tolist(),
-            "w_ov": np.round(ov, 6).tolist(),
-            "c": c,
-            "g": g,
-            "c_times_g": product,
-            "layer_learning_rate": N_CONTEXT * product,
-            "max_abs_other_qk_x_rows": float(np.max(np.abs(qk_off))),
-            "max_abs_other_ov_y_column": float(np.max(np.abs(ov_off))),
-        },
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Main
-# --------------------------------------------------------------------------------------------
+    return {"gd_eta": gd_eta, "tuned": tuned.to_dict(), "at_optimal_eta": at_optimum.to_dict(), "gd_rms_error": gd_rms,
+            "mean_gd_weight_norm": mean_w1_norm,
+            "expected_trained_half_mse": {"mean": expected, "stderr": expected_stderr,
+                                          "method": "closed-form optimum + paired mean (trained - GD at eta*)"},
+            "relative_excess_over_optimum": excess,
+            "effective": {"w_qk": np.round(qk, 6).tolist(), "w_ov": np.round(ov, 6).tolist(), "c": c, "g": g, "c_times_g": product,
+                          "layer_learning_rate": reading.eta(N_CONTEXT), "max_abs_other_qk_x_rows": other_qk,
+                          "max_abs_other_ov_y_column": other_ov}}
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv, __doc__, f"{QUICK.steps} training steps, {QUICK.val_tasks} validation tasks", "training run")
-    settings = QUICK if args.quick else FULL
-    out_dir = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix=f"iclgd_{NAME}_"))
-    run_dir = out_dir / "run"
-    results_dir = out_dir if settings.quick else RESULTS_DIR
-    started = time.perf_counter()
-
-    t = Transcript()
-    checks = Checks(t)
-    t.out(f"{NAME}: a trained one-layer linear self-attention layer does one step of gradient descent")
-    t.out(f"mode: {'quick' if settings.quick else 'full'}; iclgd {iclgd.__version__}, numpy {np.__version__}, "
-          f"python {platform.python_version()}")
-    t.out("")
+    quick_help = f"{QUICK.experiment.steps} training steps, {QUICK.experiment.val_tasks} validation tasks"
+    session = Session(argv, __doc__, NAME, quick_help, "training run")
+    settings, t, checks = (QUICK if session.quick else FULL), session.t, session.checks
+    results = session.open("a trained one-layer linear self-attention layer does one step of gradient descent",
+                           "a trained one-layer LSA does one step of GD with the best learning rate", settings.record())
     t.prose("""
         Claim (von Oswald et al., "Transformers Learn In-Context by Gradient Descent", ICML
         2023, Sec. 3): a single linear self-attention layer trained on in-context linear
@@ -593,18 +459,13 @@ def main(argv=None) -> int:
         rate. Setting: d = N = 10, x ~ U(-1, 1)^d (the paper's text; the authors' code uses
         U(-0.5, 0.5)), w ~ N(0, I), no label noise, one layer, one head, half-MSE loss.
     """)
-
-    results = {"claim": "a trained one-layer LSA does one step of GD with the best learning rate",
-               "script": f"reference/{NAME}.py", "mode": "quick" if settings.quick else "full",
-               "settings": asdict(settings), "setting": {"d": D_IN, "n_context": N_CONTEXT, "x_scale": "a = 1 (paper)"},
-               "versions": {"iclgd": iclgd.__version__, "numpy": np.__version__, "python": platform.python_version()}}
+    run_dir = session.out_dir / "run"
     results["step1_construction"] = step1_construction(t, checks, settings)
     results["step2_optimum"] = step2_optimum(t, checks, settings)
     config, params, ctx = step3_train(t, checks, settings, run_dir)
     results["step3_training"] = ctx["training"]
-    results["step4_comparison"] = step4_compare(t, checks, settings, config, params, ctx)
-
-    return finish(t, checks, results, started, f"training run in {run_dir}", results_dir, NAME)
+    results["step4_comparison"] = step4_compare(t, checks, settings, config, params, ctx["evaluation"])
+    return session.finish(results, f"training run in {run_dir}")
 
 
 if __name__ == "__main__":

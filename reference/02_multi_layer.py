@@ -30,9 +30,10 @@ Run it (from the repository root):
 The full run records what it printed in reference/results/02_multi_layer.txt and its numbers
 in reference/results/02_multi_layer.json; --quick writes those two files to --out (or to a
 fresh temporary directory) instead.  Every number printed comes from the code below, from
-explicit seeds.  The script exits with status 1 if any check it narrates fails.  The training
-runs of the full mode are those of ``iclgd reproduce multi-layer --tied --layers 2,3``
-(iclgd.experiments.multi_layer), which reports the same comparison without the narration.
+explicit seeds.  The script exits with status 1 if any check it narrates fails.  The setting
+and the training runs of the full mode are those of ``iclgd reproduce multi-layer --tied --layers 2,3``
+(iclgd.experiments.multi_layer.MultiLayerSetting), which reports the same comparison without the
+narration; the spectral closed forms and the layer readings come from iclgd.theory.
 
 Conventions (DESIGN.md): tokens e_i = (x_i, y_i) in R^(d+1), the query token (x_q, 0) last;
 d = N = 10, x ~ U(-1, 1)^d (the paper's text, a = 1), w ~ N(0, I_d), no label noise; the
@@ -41,72 +42,60 @@ error ("half-MSE").
 """
 from __future__ import annotations
 
-import platform
 import sys
-import tempfile
 import textwrap
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 import iclgd
-from iclgd import baselines, metrics
+from iclgd import baselines, metrics, theory
 from iclgd.backends import fastest_backend
-from iclgd.config import RunConfig, TrainConfig, run_config_to_toml
+from iclgd.config import run_config_to_toml
 from iclgd.evaluate import stream, tune_gd_eta, validation_batch
 from iclgd.experiments.multi_layer import QUOTED_TUNED_GD, MultiLayerSetting, layer_readouts
-from iclgd.gd_models import LearnedGDConfig, as_lsa, rates
+from iclgd.gd_models import as_lsa, rates
 from iclgd.interpolate import effective_matrices
 from iclgd.runio import list_checkpoints, read_jsonl
-from iclgd.train import load_checkpoint, train
-from walkthrough import Checks, finish, matrix_lines, max_abs_diff, parse_args, Transcript
+from iclgd.train import load_checkpoint
+from walkthrough import Checks, Session, Transcript, matrix_lines, max_abs_diff, train_run
 
 NAME = "02_multi_layer"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-D_IN = 10  # d, the input dimension
-N_CONTEXT = 10  # N, the number of (x_i, y_i) pairs in a context
-X_SCALE = 1.0  # a: x ~ U(-a, a)^d, so E x x^T = (a^2 / 3) I
+D_IN, N_CONTEXT, X_SCALE = 10, 10, 1.0  # d, N and a: x ~ U(-a, a)^d, so E x x^T = (a^2 / 3) I
 GD_DEPTHS = (1, 2, 3, 4, 5)  # step 2: GD steps K
 DEPTHS = (2, 3)  # steps 3-5: depths K of the learned-rate models and the recurrent LSA
 HAND_DEPTHS = (1, 2, 3)  # step 1
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # of the context covariance's eigenvalues
 TOKEN_LABELS = [f"x{i + 1}" for i in range(D_IN)] + ["y"]
 MODEL_LABELS = {"lsa": "recurrent LSA", "tuned_gd": "tuned GD", "gd": "learned GD", "gdpp": "learned GD++"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes and seeds of one run of the walkthrough (full or --quick)."""
+    """The experiment's setting (full: ``iclgd reproduce multi-layer --tied --layers 2,3``'s;
+    --quick: shorter runs on fewer tasks) and the sizes and seeds only the walkthrough uses."""
 
-    quick: bool
-    lsa_steps_base: int  # a K-layer recurrent LSA trains lsa_steps_base + lsa_steps_per_layer * K steps
-    lsa_steps_per_layer: int  # (deeper models converge more slowly)
-    lsa_batch_size: int
-    rate_steps: int  # training steps of each learned-rate GD / GD++ model
-    rate_batch_size: int
-    val_tasks: int  # validation tasks, shared by every comparison (paired)
-    tune_tasks: int  # tasks on which GD's rate is line-searched
-    lsa_lr: float = 1e-3
-    rate_lr: float = 0.1  # a few scalars that must travel to eta ~ 5: a large rate
-    schedule: str = "cosine"
-    seed: int = 0  # training (data and init) and evaluation streams, as in iclgd reproduce multi-layer
+    experiment: MultiLayerSetting
     demo_tasks: int = 1000  # step 1: tasks for the library-against-LSA checks
     hand_tasks: int = 4  # step 1: tasks done by hand, token by token
     demo_seed: int = 1  # step 1's tasks
     demo_eta: float = 0.9  # step 1: any rates work for the construction; these are just not special
     demo_gamma: float = 0.4
 
+    @classmethod
+    def of(cls, quick: bool, backend: str) -> "Settings":
+        """The full setting on ``backend``, or with ``quick`` shorter runs on fewer tasks."""
+        shorter = dict(steps_base=100, steps_per_layer=150, batch_size=512, baseline_steps=200, val_tasks=5_000, tune_tasks=5_000)
+        return cls(MultiLayerSetting(layers=DEPTHS, tied=True, backend=backend, smoke=quick, **(shorter if quick else {})))
 
-FULL = Settings(quick=False, lsa_steps_base=1000, lsa_steps_per_layer=1000, lsa_batch_size=1024, rate_steps=2000, rate_batch_size=512,
-                val_tasks=10_000, tune_tasks=20_000)
-QUICK = Settings(quick=True, lsa_steps_base=100, lsa_steps_per_layer=150, lsa_batch_size=512, rate_steps=200, rate_batch_size=512,
-                 val_tasks=5_000, tune_tasks=5_000)
-
-
-# --------------------------------------------------------------------------------------------
-# Printing: a transcript that is printed as it goes and kept for the results file
-# --------------------------------------------------------------------------------------------
+    def record(self) -> dict:
+        """The sizes and seeds as the results record them."""
+        e = self.experiment
+        return {"quick": e.smoke, "lsa_steps_base": e.steps_base, "lsa_steps_per_layer": e.steps_per_layer, "lsa_batch_size": e.batch_size,
+                "rate_steps": e.baseline_steps, "rate_batch_size": e.baseline_batch_size, "val_tasks": e.val_tasks,
+                "tune_tasks": e.tune_tasks, "lsa_lr": e.lr, "rate_lr": e.baseline_lr, "schedule": e.run_config(DEPTHS[0], "lsa").train.schedule,
+                "seed": e.seed, "demo_tasks": self.demo_tasks, "hand_tasks": self.hand_tasks, "demo_seed": self.demo_seed,
+                "demo_eta": self.demo_eta, "demo_gamma": self.demo_gamma}
 
 
 def est(estimate: metrics.Estimate, spec: str = ".4f", width: int = 0) -> str:
@@ -116,74 +105,6 @@ def est(estimate: metrics.Estimate, spec: str = ".4f", width: int = 0) -> str:
 
 def percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:+.2f}%"
-
-
-# --------------------------------------------------------------------------------------------
-# The task, the models and their training configurations
-# --------------------------------------------------------------------------------------------
-
-
-def the_task() -> iclgd.LinearRegressionTask:
-    return iclgd.LinearRegressionTask(d=D_IN, n_context=N_CONTEXT, x_scale=X_SCALE)
-
-
-def lsa_steps(s: Settings, n_layers: int) -> int:
-    """Training steps of the K-layer recurrent LSA."""
-    return s.lsa_steps_base + s.lsa_steps_per_layer * n_layers
-
-
-def run_config(s: Settings, n_layers: int, model: str, backend: str) -> RunConfig:
-    """The training run of one model at depth K = n_layers: "lsa" (recurrent LSA), "gd" or "gdpp"
-    (learned shared rates).  Built as iclgd.experiments.multi_layer.MultiLayerSetting builds it."""
-    task = the_task()
-    if model == "lsa":
-        model_cfg = iclgd.LSAConfig(d=D_IN, n_layers=n_layers, n_heads=1, tied=True, n_context=N_CONTEXT)
-        steps, batch_size, lr = lsa_steps(s, n_layers), s.lsa_batch_size, s.lsa_lr
-    else:
-        model_cfg = LearnedGDConfig(d=D_IN, n_context=N_CONTEXT, n_layers=n_layers, tied=True, variant=model)
-        steps, batch_size, lr = s.rate_steps, s.rate_batch_size, s.rate_lr
-    train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=s.seed, backend=backend, schedule=s.schedule,
-                            checkpoint_every=max(1, steps // 10), log_every=max(1, steps // 200))
-    return RunConfig(task, model_cfg, train_cfg)
-
-
-def train_run(t: Transcript, run_dir: Path, config: RunConfig) -> tuple[dict, float]:
-    """Train (or resume, or find finished) one run; return its final params and the seconds it took."""
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        t.out(f"  ({run_dir} already holds a checkpoint at step {checkpoints[-1][0]}; train() resumes from it)")
-    started = time.perf_counter()
-    state = train(run_dir, config, quiet=False)
-    return state.params, time.perf_counter() - started
-
-
-def spectrum(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (B, d), ascending, and eigenvectors (B, d, d) of each context's input
-    covariance Sigma = (1/N) sum_i x_i x_i^T."""
-    x, _, _ = baselines.split_tokens(tokens)
-    return np.linalg.eigh(np.einsum("bni,bnj->bij", x, x) / x.shape[1])
-
-
-def error_factors(lam: np.ndarray, eta: float, gamma: float, steps: int) -> np.ndarray:
-    """How much of w's component along an eigenvector of Sigma (eigenvalue lam) K = ``steps``
-    GD++ steps leave in the error, prod_t (1 - eta lam_t) with lam_0 = lam and
-    lam_{t+1} = lam_t (1 - gamma lam_t)^2 (step 3); gamma = 0 gives GD's (1 - eta lam)^K."""
-    factor, curvature = np.ones_like(lam), np.array(lam, dtype=np.float64)
-    for _ in range(steps):
-        factor = factor * (1.0 - eta * curvature)
-        curvature = curvature * (1.0 - gamma * curvature) ** 2
-    return factor
-
-
-def spectral_half_mse(lam: np.ndarray, eta: float, gamma: float, steps: int) -> np.ndarray:
-    """Per task, the half-MSE averaged over w ~ N(0, I) and x_q ~ U(-a, a)^d given the context's
-    eigenvalues: (a^2 / 6) sum_k factor(lam_k)^2."""
-    return (X_SCALE**2 / 6.0) * np.sum(error_factors(lam, eta, gamma, steps) ** 2, axis=-1)
-
-
-# --------------------------------------------------------------------------------------------
-# Step 1: GD++ by hand, by the library, by an LSA
-# --------------------------------------------------------------------------------------------
 
 
 def gdpp_by_hand(tokens: np.ndarray, eta: float, gamma: float, steps: int) -> float:
@@ -225,9 +146,8 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
         inputs. One GD++ step updates every token j, context and query alike, from the step's
         old tokens (sums over the N context tokens i):
     """)
-    t.out("    x_j <- x_j - (gamma/N) sum_i (x_i . x_j) x_i   = (I - gamma Sigma) x_j")
-    t.out("    y_j <- y_j - (eta/N)   sum_i (x_i . x_j) y_i")
-    t.out("")
+    t.out("    x_j <- x_j - (gamma/N) sum_i (x_i . x_j) x_i   = (I - gamma Sigma) x_j\n"
+          "    y_j <- y_j - (eta/N)   sum_i (x_i . x_j) y_i\n")
     t.prose(f"""
         with Sigma = (1/N) sum_i x_i x_i^T, the context's input covariance. With gamma = 0 the
         inputs never move and K steps are K GD steps. gdpp_by_hand() writes a GD++ step out
@@ -236,25 +156,21 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
         steps, against iclgd.baselines.gdpp_predict (vectorised over tasks) and, with gamma = 0,
         against iclgd.baselines.gd_predict:
     """)
-    task = the_task()
-    batch = task.sample(s.demo_tasks, seed=s.demo_seed)
+    batch = s.experiment.task.sample(s.demo_tasks, seed=s.demo_seed)
     hand_tokens = batch.tokens[: s.hand_tasks]
     numpy_backend = iclgd.get_backend("numpy")
     t.out(f"  {'K':>2} {'task':>4} {'by hand':>19} {'gdpp_predict':>19} {'by hand, gamma 0':>19} {'gd_predict':>19}")
     hand_vs_library, hand_gamma0_vs_gd = [], []
     for k in HAND_DEPTHS:
-        by_hand = np.array([gdpp_by_hand(tokens, eta, gamma, k) for tokens in hand_tokens])
-        library = baselines.gdpp_predict(hand_tokens, eta, gamma, steps=k)
-        by_hand_gd = np.array([gdpp_by_hand(tokens, eta, 0.0, k) for tokens in hand_tokens])
-        library_gd = baselines.gd_predict(hand_tokens, eta, steps=k)
+        columns = [np.array([gdpp_by_hand(tokens, eta, gamma, k) for tokens in hand_tokens]),  # by hand, gdpp_predict, the same with
+                   baselines.gdpp_predict(hand_tokens, eta, gamma, steps=k),  # gamma = 0, gd_predict
+                   np.array([gdpp_by_hand(tokens, eta, 0.0, k) for tokens in hand_tokens]), baselines.gd_predict(hand_tokens, eta, steps=k)]
         for b in range(s.hand_tasks):
-            t.out(f"  {k:2d} {b:4d} {by_hand[b]:19.15f} {library[b]:19.15f} {by_hand_gd[b]:19.15f} {library_gd[b]:19.15f}")
-        hand_vs_library.append(max_abs_diff(by_hand, library))
-        hand_gamma0_vs_gd.append(max_abs_diff(by_hand_gd, library_gd))
-    t.out(f"  targets y_q of these tasks: {', '.join(f'{y:.4f}' for y in batch.targets[: s.hand_tasks])}")
-    t.out("")
-    worst_hand = max(hand_vs_library)
-    worst_hand_gd = max(hand_gamma0_vs_gd)
+            t.out(f"  {k:2d} {b:4d} " + " ".join(f"{column[b]:19.15f}" for column in columns))
+        hand_vs_library.append(max_abs_diff(columns[0], columns[1]))
+        hand_gamma0_vs_gd.append(max_abs_diff(columns[2], columns[3]))
+    t.out(f"  targets y_q of these tasks: {', '.join(f'{y:.4f}' for y in batch.targets[: s.hand_tasks])}\n")
+    worst_hand, worst_hand_gd = max(hand_vs_library), max(hand_gamma0_vs_gd)
     checks("GD++ by hand = baselines.gdpp_predict (K = 1..3)", f"{worst_hand:.3e}", "<= 1e-12", worst_hand <= 1e-12)
     checks("GD++ by hand with gamma = 0 = baselines.gd_predict (K = 1..3)", f"{worst_hand_gd:.3e}", "<= 1e-12",
            worst_hand_gd <= 1e-12)
@@ -272,13 +188,9 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
         eta = {eta}, gamma = {gamma} ('.' is zero):
     """)
     t.out(f"W_v W_o of iclgd.gdpp_construction (x-diagonal -gamma/N = {-gamma / n:g}, (y, y) entry -eta/N = {-eta / n:g})")
-    t.out(matrix_lines(ov, TOKEN_LABELS, TOKEN_LABELS, decimals=2))
-    t.out("")
-    structure = np.zeros_like(ov)
-    structure[:d, :d] = -(gamma / n) * np.eye(d)
-    structure[d, d] = -eta / n
-    qk_structure = np.zeros_like(qk)
-    qk_structure[:d, :d] = np.eye(d)
+    t.out(matrix_lines(ov, TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
+    structure, qk_structure = np.zeros_like(ov), np.zeros_like(qk)
+    structure[:d, :d], structure[d, d], qk_structure[:d, :d] = -(gamma / n) * np.eye(d), -eta / n, np.eye(d)
     product_diff = max(max_abs_diff(ov, structure), max_abs_diff(qk, qk_structure))
     checks("gdpp_construction: W_q W_k^T = I (x-block), W_v W_o = blockdiag(-gamma/N I, -eta/N)", f"{product_diff:.3e}",
            "== 0", product_diff == 0.0)
@@ -295,89 +207,64 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     for k in HAND_DEPTHS:
         cfg = iclgd.LSAConfig(d=d, n_layers=k, n_heads=1, tied=True, n_context=n)
         construction = iclgd.gdpp_construction(cfg, eta, gamma)
-        lsa = numpy_backend.predict(cfg, construction, batch.tokens)
-        library = baselines.gdpp_predict(batch.tokens, eta, gamma, steps=k)
-        lsa_gd = numpy_backend.predict(cfg, iclgd.gdpp_construction(cfg, eta, 0.0), batch.tokens)
-        lsa_gd_construction = numpy_backend.predict(cfg, iclgd.gd_construction(cfg, eta), batch.tokens)
         gd = baselines.gd_predict(batch.tokens, eta, steps=k)
-        lsa_vs_library.append(max_abs_diff(lsa, library))
-        gamma0_lsa_vs_gd.append(max(max_abs_diff(lsa_gd, gd), max_abs_diff(lsa_gd_construction, gd)))
+        lsa_vs_library.append(max_abs_diff(numpy_backend.predict(cfg, construction, batch.tokens),
+                                           baselines.gdpp_predict(batch.tokens, eta, gamma, steps=k)))
+        gamma0_lsa_vs_gd.append(max(max_abs_diff(numpy_backend.predict(cfg, iclgd.gdpp_construction(cfg, eta, 0.0), batch.tokens), gd),
+                                    max_abs_diff(numpy_backend.predict(cfg, iclgd.gd_construction(cfg, eta), batch.tokens), gd)))
         gamma0_library_vs_gd.append(max_abs_diff(baselines.gdpp_predict(batch.tokens, eta, 0.0, steps=k), gd))
-        names = ", ".join(sorted(construction))
-        t.out(f"  {k:2d} {names:>40}  {lsa_vs_library[-1]:24.3e}  {gamma0_lsa_vs_gd[-1]:25.3e}")
-    t.out(f"  gdpp_predict with gamma = 0 against gd_predict, K = 1..3: {max(gamma0_library_vs_gd):.3e}")
-    t.out("")
+        t.out(f"  {k:2d} {', '.join(sorted(construction)):>40}  {lsa_vs_library[-1]:24.3e}  {gamma0_lsa_vs_gd[-1]:25.3e}")
+    t.out(f"  gdpp_predict with gamma = 0 against gd_predict, K = 1..3: {max(gamma0_library_vs_gd):.3e}\n")
     checks("tied LSA(gdpp_construction) = K GD++ steps (K = 1..3)", f"{max(lsa_vs_library):.3e}", "<= 1e-12",
            max(lsa_vs_library) <= 1e-12)
     worst_gamma0 = max(max(gamma0_lsa_vs_gd), max(gamma0_library_vs_gd))
     checks("gamma = 0: GD++ (LSA and gdpp_predict) = K GD steps", f"{worst_gamma0:.3e}", "<= 1e-12", worst_gamma0 <= 1e-12)
     t.out("")
-    return {
-        "eta": eta,
-        "gamma": gamma,
-        "depths": list(HAND_DEPTHS),
-        "hand_tasks": s.hand_tasks,
-        "tasks": s.demo_tasks,
-        "seed": s.demo_seed,
-        "max_abs_by_hand_vs_gdpp_predict": worst_hand,
-        "max_abs_by_hand_gamma0_vs_gd_predict": worst_hand_gd,
-        "max_abs_construction_products_vs_structure": product_diff,
-        "max_abs_lsa_vs_gdpp_predict": max(lsa_vs_library),
-        "max_abs_gamma0_vs_gd": worst_gamma0,
-        "per_depth": {
-            "by_hand_vs_gdpp_predict": hand_vs_library,
-            "by_hand_gamma0_vs_gd_predict": hand_gamma0_vs_gd,
-            "lsa_vs_gdpp_predict": lsa_vs_library,
-            "gamma0_lsa_vs_gd_predict": gamma0_lsa_vs_gd,
-            "gamma0_gdpp_predict_vs_gd_predict": gamma0_library_vs_gd,
-        },
-    }
+    return {"eta": eta, "gamma": gamma, "depths": list(HAND_DEPTHS), "hand_tasks": s.hand_tasks, "tasks": s.demo_tasks,
+            "seed": s.demo_seed, "max_abs_by_hand_vs_gdpp_predict": worst_hand, "max_abs_by_hand_gamma0_vs_gd_predict": worst_hand_gd,
+            "max_abs_construction_products_vs_structure": product_diff, "max_abs_lsa_vs_gdpp_predict": max(lsa_vs_library),
+            "max_abs_gamma0_vs_gd": worst_gamma0,
+            "per_depth": {"by_hand_vs_gdpp_predict": hand_vs_library, "by_hand_gamma0_vs_gd_predict": hand_gamma0_vs_gd,
+                          "lsa_vs_gdpp_predict": lsa_vs_library, "gamma0_lsa_vs_gd_predict": gamma0_lsa_vs_gd,
+                          "gamma0_gdpp_predict_vs_gd_predict": gamma0_library_vs_gd}}
 
 
-# --------------------------------------------------------------------------------------------
-# Step 2: K steps of GD with a line-searched rate
-# --------------------------------------------------------------------------------------------
-
-
-def step2_deeper_gd(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict:
+def step2_deeper_gd(t: Transcript, checks: Checks, s: Settings, batch) -> dict:
     t.heading("Step 2. More GD steps: the tuned K-step GD loss for K = 1..5")
-    task, batch = the_task(), ctx["batch"]
+    e = s.experiment
     t.prose(f"""
         Before training anything: how good are K steps of plain GD from W0 = 0, one rate eta
-        for all K steps? As the paper did, eta is tuned by a line search on {s.tune_tasks} tasks
+        for all K steps? As the paper did, eta is tuned by a line search on {e.tune_tasks} tasks
         from the training distribution (iclgd.evaluate.tune_gd_eta: exact for K = 1, a grid then
-        golden-section search for K > 1), and the loss is measured on {s.val_tasks} other,
-        validation tasks (iclgd.evaluate.validation_batch, seed {s.seed}), the same tasks every
+        golden-section search for K > 1), and the loss is measured on {e.val_tasks} other,
+        validation tasks (iclgd.evaluate.validation_batch, seed {e.seed}), the same tasks every
         later comparison uses. "K vs K-1" is the paired difference on those tasks, which
         cancels most of the task-to-task noise:
     """)
-    tune_batch = task.sample(s.tune_tasks, stream(s.seed, "line_search"))
-    lam, _ = spectrum(batch.tokens)
+    tune_batch = e.task.sample(e.tune_tasks, stream(e.seed, "line_search"))
+    lam, _ = theory.context_spectrum(batch.tokens)
     rows, previous = [], None
     t.out(f"  {'K':>2} {'tuned eta':>10} {'half-MSE':>18} {'K vs K-1 (paired)':>22} {'from the spectrum':>20}")
     for k in GD_DEPTHS:
         eta = tune_gd_eta(tune_batch, steps=k)
         losses = metrics.half_squared_errors(baselines.gd_predict(batch.tokens, eta, k), batch.targets)
-        spectral = spectral_half_mse(lam, eta, 0.0, k)
+        spectral = theory.spectral_half_mse(lam, eta, 0.0, k, X_SCALE**2 / 3)
         loss = metrics.estimate(losses)
         step_gain = metrics.paired_difference(losses, previous) if previous is not None else None
-        versus_spectrum = metrics.paired_difference(losses, spectral)
         rows.append({"k": k, "eta": eta, "loss": loss.to_dict(), "minus_previous": step_gain.to_dict() if step_gain else None,
-                     "spectral": metrics.estimate(spectral).to_dict(), "minus_spectral": versus_spectrum.to_dict()})
+                     "spectral": metrics.estimate(spectral).to_dict(), "minus_spectral": metrics.paired_difference(losses, spectral).to_dict()})
         gain_text = f"{step_gain:.4f}" if step_gain else "-"
         t.out(f"  {k:2d} {eta:10.4f} {est(loss, width=18)} {gain_text:>22} {est(metrics.estimate(spectral), width=20)}")
         previous = losses
     t.out("")
-    by_k = {row["k"]: row for row in rows}
     falls = all(row["minus_previous"]["mean"] + 3 * row["minus_previous"]["stderr"] < 0 for row in rows[1:])
     checks("tuned K-step GD loss falls with every extra step (K = 1..5)",
            ", ".join(f"{row['minus_previous']['mean']:+.4f}" for row in rows[1:]),
            "every paired (K - (K-1)) below 0 by > 3 s.e.", falls)
     for k, quoted in QUOTED_TUNED_GD.items():
-        loss = by_k[k]["loss"]
+        loss = rows[k - 1]["loss"]
         z = (loss["mean"] - quoted) / loss["stderr"]
-        checks(f"tuned {k}-step GD loss = the quoted {quoted}", f"{loss['mean']:.4f} ({z:+.2f} s.e.)", "within 3 s.e.",
-               abs(z) <= 3)
+        checks(f"tuned {k}-step GD loss = the quoted {quoted}", f"{loss['mean']:.4f} ({z:+.2f} s.e.)", "within 3 s.e.", abs(z) <= 3)
     t.out("")
 
     least_squares = float(np.mean(metrics.half_squared_errors(baselines.least_squares_predict(batch.tokens), batch.targets)))
@@ -398,8 +285,7 @@ def step2_deeper_gd(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> di
            ", ".join(f"{z:+.2f}" for z in spectral_z) + " s.e.", "every paired difference within 4 s.e.",
            all(abs(z) <= 4 for z in spectral_z))
     t.out("")
-    quantile_levels = (0.05, 0.25, 0.5, 0.75, 0.95)
-    quantiles = np.quantile(lam, quantile_levels)
+    quantiles = np.quantile(lam, QUANTILES)
     t.prose(f"""
         Sigma's eigenvalues on the validation tasks have mean {float(lam.mean()):.4f} (E Sigma =
         I/3), but with N = d they spread from nearly 0 (smallest per task: median
@@ -408,30 +294,24 @@ def step2_deeper_gd(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> di
         along an eigenvector, at quantiles of the eigenvalues pooled over tasks:
     """)
     t.out(f"  {'quantile':>8} {'lam':>7} " + " ".join(f"{f'K={k}':>8}" for k in GD_DEPTHS))
-    for level, value in zip(quantile_levels, quantiles):
-        factors = [float(error_factors(np.array(value), row["eta"], 0.0, row["k"])) for row in rows]
+    for level, value in zip(QUANTILES, quantiles):
+        factors = [float(theory.error_factors(np.array(value), row["eta"], 0.0, row["k"])) for row in rows]
         t.out(f"  {level:8.2f} {value:7.4f} " + " ".join(f"{f:8.4f}" for f in factors))
     t.out("")
-    low_factor = float(error_factors(np.array(quantiles[0]), rows[-1]["eta"], 0.0, rows[-1]["k"]))
+    low_factor = float(theory.error_factors(np.array(quantiles[0]), rows[-1]["eta"], 0.0, rows[-1]["k"]))
     t.prose(f"""
         A rate above 2 / lam_max would blow up the top of the spectrum, so eta stays near
         {rows[0]['eta']:.2f}, and with it the small eigenvalues are learned slowly: at the 5%
         quantile, K = {rows[-1]['k']} steps still miss {100 * low_factor:.0f}% of w's component. That
         is the room GD++ uses.
     """)
-    return {"tune_tasks": s.tune_tasks, "rows": rows, "quoted": {str(k): v for k, v in QUOTED_TUNED_GD.items()},
-            "eigenvalue_quantiles": dict(zip(map(str, quantile_levels), quantiles.tolist())),
-            "least_squares_half_mse": least_squares}
-
-
-# --------------------------------------------------------------------------------------------
-# Step 3: learned rates for GD and GD++
-# --------------------------------------------------------------------------------------------
+    return {"tune_tasks": e.tune_tasks, "rows": rows, "quoted": {str(k): v for k, v in QUOTED_TUNED_GD.items()},
+            "eigenvalue_quantiles": dict(zip(map(str, QUANTILES), quantiles.tolist())), "least_squares_half_mse": least_squares}
 
 
 def step3_learned_rates(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict:
     t.heading("Step 3. Learn the rates: K-step GD and GD++ trained by the library's loop")
-    batch, backend, run_dir = ctx["batch"], ctx["backend"], ctx["run_dir"]
+    e, batch, run_dir = s.experiment, ctx["batch"], ctx["run_dir"]
     t.prose(f"""
         Instead of a line search, make the rates parameters and train them like any model:
         iclgd.gd_models.LearnedGDConfig(variant="gd" or "gdpp", tied=True) is K steps of GD (one
@@ -439,36 +319,34 @@ def step3_learned_rates(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
         layers carry the weights of gdpp_construction, affine in the rates, so the backend's
         LSA gradient gives the rates' gradient by the chain rule, and iclgd.train.train runs it
         on the same task stream, with the same Adam and checkpoints, as any LSA. The rates start
-        near 0 (N(0, 0.002)). Adam, lr {s.rate_lr:g} with {s.schedule} decay, {s.rate_steps} steps of
-        {s.rate_batch_size} fresh tasks, backend {backend}. The configuration of K = 3, GD++:
+        near 0 (N(0, 0.002)). Adam, lr {e.baseline_lr:g} with {ctx['schedule']} decay, {e.baseline_steps} steps of
+        {e.baseline_batch_size} fresh tasks, backend {e.backend}. The configuration of K = 3, GD++:
     """)
-    t.out(textwrap.indent(run_config_to_toml(run_config(s, 3, "gdpp", backend)).rstrip(), "    "))
-    t.out("")
+    t.out(textwrap.indent(run_config_to_toml(e.run_config(3, "gdpp")).rstrip(), "    ") + "\n")
     trained, seconds = {}, {}
     for k in DEPTHS:
         for model in ("gd", "gdpp"):
-            config = run_config(s, k, model, backend)
-            params, seconds[f"K{k}/{model}"] = train_run(t, run_dir / f"K{k}" / model, config)
-            trained[(k, model)] = (config.model, params)
-    t.out("  trained in " + ", ".join(f"{key} {value:.1f} s" for key, value in seconds.items()))
-    t.out("")
+            config = e.run_config(k, model)
+            state, seconds[f"K{k}/{model}"], _ = train_run(t, run_dir / f"K{k}" / model, config)
+            trained[(k, model)] = (config.model, state.params)
+    t.out("  trained in " + ", ".join(f"{key} {value:.1f} s" for key, value in seconds.items()) + "\n")
 
-    tuned_eta = {row["k"]: row["eta"] for row in ctx["gd_rows"]}
-    rows = {}
+    rows, predictions = {}, {}
     t.out(f"  {'K':>2} {'model':>13} {'eta':>8} {'gamma':>7} {'half-MSE':>18} {'paired vs tuned GD':>20}")
     for k in DEPTHS:
-        tuned_losses = metrics.half_squared_errors(baselines.gd_predict(batch.tokens, tuned_eta[k], k), batch.targets)
-        t.out(f"  {k:2d} {'tuned GD':>13} {tuned_eta[k]:8.4f} {'-':>7} {est(metrics.estimate(tuned_losses), width=18)}")
-        row = {"tuned_gd_eta": tuned_eta[k], "tuned_gd_loss": metrics.estimate(tuned_losses).to_dict()}
+        predictions[k] = {"tuned_gd": baselines.gd_predict(batch.tokens, ctx["tuned_eta"][k], k)}
+        tuned_losses = metrics.half_squared_errors(predictions[k]["tuned_gd"], batch.targets)
+        t.out(f"  {k:2d} {'tuned GD':>13} {ctx['tuned_eta'][k]:8.4f} {'-':>7} {est(metrics.estimate(tuned_losses), width=18)}")
+        row = {"tuned_gd_eta": ctx["tuned_eta"][k], "tuned_gd_loss": metrics.estimate(tuned_losses).to_dict()}
         for model in ("gd", "gdpp"):
-            cfg, params = trained[(k, model)]
-            eta, gamma = (float(r[0]) for r in rates(cfg, params))
-            losses = metrics.half_squared_errors(baselines.gdpp_predict(batch.tokens, eta, gamma, k), batch.targets)
+            eta, gamma = (float(r[0]) for r in rates(*trained[(k, model)]))
+            predictions[k][model] = baselines.gdpp_predict(batch.tokens, eta, gamma, k)
+            losses = metrics.half_squared_errors(predictions[k][model], batch.targets)
             paired = metrics.paired_difference(losses, tuned_losses)
             t.out(f"  {k:2d} {MODEL_LABELS[model]:>13} {eta:8.4f} {gamma:7.4f} {est(metrics.estimate(losses), width=18)} "
                   f"{est(paired, '.5f', 20)} ({percent(paired.mean, tuned_losses.mean())})")
-            row[model] = {"eta": eta, "gamma": gamma, "loss": metrics.estimate(losses).to_dict(),
-                          "minus_tuned_gd": paired.to_dict(), "losses": losses}
+            row[model] = {"eta": eta, "gamma": gamma, "loss": metrics.estimate(losses).to_dict(), "minus_tuned_gd": paired.to_dict(),
+                          "losses": losses}
         row["gdpp_minus_gd"] = metrics.paired_difference(row["gdpp"]["losses"], row["gd"]["losses"]).to_dict()
         rows[k] = row
     t.out("")
@@ -477,7 +355,7 @@ def step3_learned_rates(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
         excess = row["gd"]["minus_tuned_gd"]["mean"] / row["tuned_gd_loss"]["mean"]
         checks(f"K = {k}: learned GD = tuned GD (paired)", f"{100 * excess:+.3f}%", "|diff| <= 1% of tuned GD's loss",
                abs(excess) <= 0.01)
-        if not s.quick:
+        if not e.smoke:
             eta_off = row["gd"]["eta"] / row["tuned_gd_eta"] - 1
             checks(f"K = {k}: learned GD rate = line-searched rate", f"{100 * eta_off:+.2f}%", "within 2%", abs(eta_off) <= 0.02)
         gain = row["gdpp_minus_gd"]
@@ -487,7 +365,6 @@ def step3_learned_rates(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
                gain["mean"] <= -0.05 * row["gd"]["loss"]["mean"] and gain["mean"] + 3 * gain["stderr"] < 0)
     t.out("")
 
-    lam, vectors = spectrum(batch.tokens)
     k_show = DEPTHS[-1]
     eta_pp, gamma_pp = rows[k_show]["gdpp"]["eta"], rows[k_show]["gdpp"]["gamma"]
     t.prose(f"""
@@ -503,10 +380,7 @@ def step3_learned_rates(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
         w . x_q - x_q^T V diag(prod_t (1 - eta lam_t)) V^T w. Checked against gdpp_predict with
         the learned K = {k_show} rates (eta {eta_pp:.4f}, gamma {gamma_pp:.4f}) on the validation tasks:
     """)
-    x_query, w = batch.tokens[:, -1, :-1], batch.weights
-    factors = error_factors(lam, eta_pp, gamma_pp, k_show)
-    eigen_prediction = np.einsum("bd,bd->b", w, x_query) - np.einsum(
-        "bi,bik,bk,bjk,bj->b", x_query, vectors, factors, vectors, w)
+    eigen_prediction = theory.gdpp_eigenbasis_predict(batch.tokens, batch.weights, eta_pp, gamma_pp, k_show)
     eigen_diff = max_abs_diff(eigen_prediction, baselines.gdpp_predict(batch.tokens, eta_pp, gamma_pp, k_show))
     t.out(f"  max |eigenbasis formula - gdpp_predict| over {batch.tokens.shape[0]} tasks = {eigen_diff:.3e}")
     checks("GD++ in the eigenbasis of Sigma = gdpp_predict", f"{eigen_diff:.3e}", "<= 1e-9", eigen_diff <= 1e-9)
@@ -517,20 +391,12 @@ def step3_learned_rates(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
         as in step 2, by K tuned GD steps, by the first GD++ step alone and by all K GD++ steps
         (learned rates):
     """)
-    quantile_levels = (0.05, 0.25, 0.5, 0.75, 0.95)
-    quantiles = np.quantile(lam, quantile_levels)
-    header = f"  {'quantile':>8} {'lam':>7}"
-    for k in DEPTHS:
-        header += f" {f'GD K={k}':>9} {'GD++ t=1':>9} {f'GD++ K={k}':>9}"
-    t.out(header)
-    for level, value in zip(quantile_levels, quantiles):
-        line = f"  {level:8.2f} {value:7.4f}"
-        for k in DEPTHS:
-            eta_k, gamma_k = rows[k]["gdpp"]["eta"], rows[k]["gdpp"]["gamma"]
-            line += (f" {float(error_factors(np.array(value), rows[k]['tuned_gd_eta'], 0.0, k)):9.4f}"
-                     f" {float(error_factors(np.array(value), eta_k, gamma_k, 1)):9.4f}"
-                     f" {float(error_factors(np.array(value), eta_k, gamma_k, k)):9.4f}")
-        t.out(line)
+    t.out(f"  {'quantile':>8} {'lam':>7}" + "".join(f" {f'GD K={k}':>9} {'GD++ t=1':>9} {f'GD++ K={k}':>9}" for k in DEPTHS))
+    learned_rates = {k: (rows[k]["gdpp"]["eta"], rows[k]["gdpp"]["gamma"]) for k in DEPTHS}
+    columns = [rates_steps for k in DEPTHS  # (eta, gamma, steps) of each column
+               for rates_steps in ((rows[k]["tuned_gd_eta"], 0.0, k), (*learned_rates[k], 1), (*learned_rates[k], k))]
+    for level, value in zip(QUANTILES, np.quantile(ctx["lam"], QUANTILES)):
+        t.out(f"  {level:8.2f} {value:7.4f}" + "".join(f" {float(theory.error_factors(np.array(value), *c)):9.4f}" for c in columns))
     t.out("")
     t.prose(f"""
         GD++'s learned eta is {rows[DEPTHS[0]]['gdpp']['eta'] / rows[DEPTHS[0]]['tuned_gd_eta']:.1f}x (K = {DEPTHS[0]}) and
@@ -544,95 +410,81 @@ def step3_learned_rates(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
     for row in rows.values():  # per-task losses are for the comparisons only
         for model in ("gd", "gdpp"):
             row[model].pop("losses")
-    return {"seconds": seconds, "rows": {str(k): v for k, v in rows.items()}, "trained": trained,
+    return {"seconds": seconds, "rows": {str(k): v for k, v in rows.items()}, "trained": trained, "predictions": predictions,
             "eigenbasis_max_abs_diff": eigen_diff}
 
 
-# --------------------------------------------------------------------------------------------
-# Step 4: a trained recurrent LSA against tuned GD and learned GD++
-# --------------------------------------------------------------------------------------------
+def lsa_curve(backend, cfg, run_dir, batch) -> list[dict]:
+    """The LSA's validation half-MSE at every checkpoint, and its training loss: the mean of the
+    losses logged since the previous checkpoint (at step 0, the initial weights' loss on batch 0)."""
+    log, curve, previous = read_jsonl(run_dir / "metrics.jsonl"), [], 0
+    for step, path in list_checkpoints(run_dir):
+        params = load_checkpoint(path, cfg.dtype).params
+        val_loss = float(np.mean(metrics.half_squared_errors(backend.predict(cfg, params, batch.tokens), batch.targets)))
+        window = [r["loss"] for r in log if (r["step"] == 0 if step == 0 else previous <= r["step"] < step)]
+        curve.append({"step": step, "val_loss": val_loss, "train_loss": float(np.mean(window)) if window else None})
+        previous = step
+    return curve
 
 
 def step4_recurrent_lsa(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict:
     t.heading("Step 4. A trained recurrent LSA against tuned GD and learned GD++, on the same tasks")
-    batch, backend, run_dir, learned = ctx["batch"], ctx["backend"], ctx["run_dir"], ctx["learned"]
+    e, batch, run_dir, learned = s.experiment, ctx["batch"], ctx["run_dir"], ctx["learned"]
     numpy_backend = iclgd.get_backend("numpy")
     t.prose(f"""
         Now forget the constructions. A recurrent LSA, LSAConfig(tied=True): one layer (one
         head, key and value size {D_IN + 1}) applied K times, from small random weights (every
         entry ~ N(0, 0.002 / fan_in)), trained to minimise the half-MSE of its final read-out:
-        Adam, lr {s.lsa_lr:g} with {s.schedule} decay, {s.lsa_steps_base} + {s.lsa_steps_per_layer} K steps
-        (deeper models converge more slowly: {', '.join(f'{lsa_steps(s, k)} for K = {k}' for k in DEPTHS)}) of {s.lsa_batch_size}
-        fresh tasks, backend {backend} (iclgd.backends.fastest_backend()), for K = {' and '.join(map(str, DEPTHS))}.
+        Adam, lr {e.lr:g} with {ctx['schedule']} decay, {e.steps_base} + {e.steps_per_layer} K steps
+        (deeper models converge more slowly: {', '.join(f'{e.lsa_steps(k)} for K = {k}' for k in DEPTHS)}) of {e.batch_size}
+        fresh tasks, backend {e.backend} (iclgd.backends.fastest_backend()), for K = {' and '.join(map(str, DEPTHS))}.
         The configuration of K = 3:
     """)
-    t.out(textwrap.indent(run_config_to_toml(run_config(s, 3, "lsa", backend)).rstrip(), "    "))
-    t.out("")
+    t.out(textwrap.indent(run_config_to_toml(e.run_config(3, "lsa")).rstrip(), "    ") + "\n")
     trained, seconds = {}, {}
     for k in DEPTHS:
-        config = run_config(s, k, "lsa", backend)
-        params, seconds[f"K{k}/lsa"] = train_run(t, run_dir / f"K{k}" / "lsa", config)
-        trained[k] = (config.model, params)
-    t.out("  trained in " + ", ".join(f"{key} {value:.1f} s" for key, value in seconds.items()))
-    t.out("")
+        config = e.run_config(k, "lsa")
+        state, seconds[f"K{k}/lsa"], _ = train_run(t, run_dir / f"K{k}" / "lsa", config)
+        trained[k] = (config.model, state.params)
+    t.out("  trained in " + ", ".join(f"{key} {value:.1f} s" for key, value in seconds.items()) + "\n")
 
-    tuned_eta = {row["k"]: row["eta"] for row in ctx["gd_rows"]}
+    tuned_eta, rows = ctx["tuned_eta"], {}
+    for k in DEPTHS:
+        rows[k] = {"predictions": {"lsa": numpy_backend.predict(*trained[k], batch.tokens), **learned["predictions"][k]}}
+        rows[k]["losses"] = {name: metrics.half_squared_errors(p, batch.targets) for name, p in rows[k]["predictions"].items()}
+        rows[k]["paired"] = {other: metrics.paired_difference(rows[k]["losses"]["lsa"], rows[k]["losses"][other])
+                             for other in ("tuned_gd", "gd", "gdpp")}
     gdpp_rates = {k: (learned["rows"][str(k)]["gdpp"]["eta"], learned["rows"][str(k)]["gdpp"]["gamma"]) for k in DEPTHS}
     t.prose(f"""
-        The models are evaluated with the NumPy oracle on the {s.val_tasks} validation tasks of step 2.
+        The models are evaluated with the NumPy oracle on the {e.val_tasks} validation tasks of step 2.
         First, how training went: the LSA's validation half-MSE at each checkpoint, next to the
         final loss of tuned GD and learned GD++ with the same K (the start predicts ~0: loss
         about d/6 = {D_IN / 6:.3f}):
     """)
     curves = {}
     for k in DEPTHS:
-        cfg = trained[k][0]
-        tuned_loss = float(np.mean(metrics.half_squared_errors(baselines.gd_predict(batch.tokens, tuned_eta[k], k), batch.targets)))
-        gdpp_loss = float(np.mean(metrics.half_squared_errors(baselines.gdpp_predict(batch.tokens, *gdpp_rates[k], k),
-                                                               batch.targets)))
-        t.out(f"  K = {k} (tuned GD {tuned_loss:.4f}, learned GD++ {gdpp_loss:.4f}); train loss: the mean of the")
+        losses = rows[k]["losses"]
+        t.out(f"  K = {k} (tuned GD {np.mean(losses['tuned_gd']):.4f}, learned GD++ {np.mean(losses['gdpp']):.4f}); train loss: the mean of the")
         t.out("  losses logged in metrics.jsonl since the previous checkpoint (each on its step's fresh batch)")
-        log = read_jsonl(run_dir / f"K{k}" / "lsa" / "metrics.jsonl")
         t.out(f"  {'step':>6} {'val loss':>9} {'train loss':>11}")
-        curve, previous = [], 0
-        for step, path in list_checkpoints(run_dir / f"K{k}" / "lsa"):
-            params = load_checkpoint(path, cfg.dtype).params
-            val_loss = float(np.mean(metrics.half_squared_errors(numpy_backend.predict(cfg, params, batch.tokens), batch.targets)))
-            if step == 0:  # the loss of the initial weights on batch 0
-                window = [r["loss"] for r in log if r["step"] == 0]
-            else:  # the updates from the previous checkpoint to this one
-                window = [r["loss"] for r in log if previous <= r["step"] < step]
-            logged = float(np.mean(window)) if window else None
-            curve.append({"step": step, "val_loss": val_loss, "train_loss": logged})
-            t.out(f"  {step:6d} {val_loss:9.4f} {'-' if logged is None else f'{logged:.4f}':>11}")
-            previous = step
-        curves[str(k)] = curve
+        curves[str(k)] = lsa_curve(numpy_backend, trained[k][0], run_dir / f"K{k}" / "lsa", batch)
+        for point in curves[str(k)]:
+            logged = point["train_loss"]
+            t.out(f"  {point['step']:6d} {point['val_loss']:9.4f} {'-' if logged is None else f'{logged:.4f}':>11}")
         t.out("")
 
     t.prose("""
         Every model on the same tasks, with standard errors over tasks (±). The paired
         differences (LSA - other, the mean of per-task differences) are the sharp comparison:
     """)
-    rows = {}
     for k in DEPTHS:
-        lsa_cfg, lsa_params = trained[k]
-        gd_cfg, gd_params = learned["trained"][(k, "gd")]
-        pp_cfg, pp_params = learned["trained"][(k, "gdpp")]
-        predictions = {
-            "lsa": numpy_backend.predict(lsa_cfg, lsa_params, batch.tokens),
-            "tuned_gd": baselines.gd_predict(batch.tokens, tuned_eta[k], k),
-            "gd": baselines.gdpp_predict(batch.tokens, *(float(r[0]) for r in rates(gd_cfg, gd_params)), k),
-            "gdpp": baselines.gdpp_predict(batch.tokens, *gdpp_rates[k], k),
-        }
-        losses = {name: metrics.half_squared_errors(p, batch.targets) for name, p in predictions.items()}
-        paired = {other: metrics.paired_difference(losses["lsa"], losses[other]) for other in ("tuned_gd", "gd", "gdpp")}
+        losses, paired = rows[k]["losses"], rows[k]["paired"]
         t.out(f"  K = {k}")
         for name in ("lsa", "tuned_gd", "gd", "gdpp"):
             line = f"    {MODEL_LABELS[name]:>14}  half-MSE {metrics.estimate(losses[name]):.4f}"
             if name != "lsa":
                 line += f"   LSA - {MODEL_LABELS[name]}: {paired[name]:.5f} ({percent(paired[name].mean, losses[name].mean())})"
             t.out(line)
-        rows[k] = {"predictions": predictions, "losses": losses, "paired": paired}
     t.out("")
 
     t.prose("""
@@ -643,24 +495,20 @@ def step4_recurrent_lsa(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
     """)
     per_layer = {}
     for k in DEPTHS:
-        lsa_cfg, lsa_params = trained[k]
-        pp_cfg, pp_params = learned["trained"][(k, "gdpp")]
-        readouts = {
-            "lsa": layer_readouts(numpy_backend, lsa_cfg, lsa_params, batch.tokens),
-            "gdpp": layer_readouts(numpy_backend, pp_cfg, pp_params, batch.tokens),
-            "tuned_gd": [baselines.gd_predict(batch.tokens, tuned_eta[k], layer) for layer in range(1, k + 1)],
-        }
+        readouts = {"lsa": layer_readouts(numpy_backend, *trained[k], batch.tokens),
+                    "gdpp": layer_readouts(numpy_backend, *learned["trained"][(k, "gdpp")], batch.tokens),
+                    "tuned_gd": [baselines.gd_predict(batch.tokens, tuned_eta[k], layer) for layer in range(1, k + 1)]}
         per_layer[str(k)] = {name: [metrics.estimate(metrics.half_squared_errors(r, batch.targets)).to_dict() for r in values]
                              for name, values in readouts.items()}
         t.out(f"  K = {k}: {'after layer':>14} " + " ".join(f"{layer:>8d}" for layer in range(1, k + 1)))
         for name in ("lsa", "gdpp", "tuned_gd"):
-            t.out(f"  {MODEL_LABELS[name]:>24} " + " ".join(f"{e['mean']:8.4f}" for e in per_layer[str(k)][name]))
+            t.out(f"  {MODEL_LABELS[name]:>24} " + " ".join(f"{entry['mean']:8.4f}" for entry in per_layer[str(k)][name]))
         t.out("")
     k_last = str(DEPTHS[-1])
     first = {name: per_layer[k_last][name][0]["mean"] for name in ("lsa", "gdpp", "tuned_gd")}
-    if s.quick:
+    if e.smoke:
         t.prose(f"""
-            (Quick run: the LSA has trained for {lsa_steps(s, int(k_last))} steps only and is still on its
+            (Quick run: the LSA has trained for {e.lsa_steps(int(k_last))} steps only and is still on its
             way; in the full run, reference/results/{NAME}.txt, its read-outs follow GD++'s
             layer by layer.)
         """)
@@ -682,17 +530,12 @@ def step4_recurrent_lsa(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
     alignment = {}
     t.out(f"  {'K':>2} {'with':>13} {'preds diff':>16} {'model cos':>20} {'model diff':>16}  (other's RMS error)")
     for k in DEPTHS:
-        lsa_cfg, lsa_params = trained[k]
-        pp_cfg, pp_params = learned["trained"][(k, "gdpp")]
-        pp_lsa_cfg, pp_lsa_params = as_lsa(pp_cfg, pp_params)
-        sensitivity = numpy_backend.sensitivity(lsa_cfg, lsa_params, batch.tokens)
-        others = {
-            "gdpp": (rows[k]["predictions"]["gdpp"], numpy_backend.sensitivity(pp_lsa_cfg, pp_lsa_params, batch.tokens)),
-            "tuned_gd": (rows[k]["predictions"]["tuned_gd"], baselines.gd_weights(batch.tokens, tuned_eta[k], k)),
-        }
+        sensitivity = numpy_backend.sensitivity(*trained[k], batch.tokens)
+        others = {"gdpp": numpy_backend.sensitivity(*as_lsa(*learned["trained"][(k, "gdpp")]), batch.tokens),
+                  "tuned_gd": baselines.gd_weights(batch.tokens, tuned_eta[k], k)}
         alignment[k] = {}
-        for other, (prediction, other_sensitivity) in others.items():
-            a = metrics.alignment(rows[k]["predictions"]["lsa"], sensitivity, prediction, other_sensitivity)
+        for other, other_sensitivity in others.items():
+            a = metrics.alignment(rows[k]["predictions"]["lsa"], sensitivity, rows[k]["predictions"][other], other_sensitivity)
             rms = float(np.sqrt(2 * rows[k]["losses"][other].mean()))
             alignment[k][other] = {"metrics": a, "rms_error": rms}
             t.out(f"  {k:2d} {MODEL_LABELS[other]:>13} {est(a['preds_diff'], '.4f', 16)} "
@@ -700,11 +543,10 @@ def step4_recurrent_lsa(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
     t.out("")
 
     for k in DEPTHS:
-        row = rows[k]
+        row, align = rows[k], alignment[k]["gdpp"]["metrics"]
         vs_gd, vs_gdpp = row["paired"]["tuned_gd"], row["paired"]["gdpp"]
-        gd_loss, gdpp_loss = row["losses"]["tuned_gd"].mean(), row["losses"]["gdpp"].mean()
-        align = alignment[k]["gdpp"]
-        if s.quick:
+        gd_loss, gdpp_loss, rms = row["losses"]["tuned_gd"].mean(), row["losses"]["gdpp"].mean(), alignment[k]["gdpp"]["rms_error"]
+        if e.smoke:
             checks(f"K = {k}: recurrent LSA below the zero predictor's loss (quick run)",
                    f"{row['losses']['lsa'].mean():.4f}", f"< d/6 = {D_IN / 6:.4f}", row["losses"]["lsa"].mean() < D_IN / 6)
             continue
@@ -712,41 +554,21 @@ def step4_recurrent_lsa(t: Transcript, checks: Checks, s: Settings, ctx: dict) -
                "< -5% of GD's loss and below 0 by > 3 s.e.", vs_gd.mean <= -0.05 * gd_loss and vs_gd.mean + 3 * vs_gd.stderr < 0)
         checks(f"K = {k}: recurrent LSA = learned GD++ (paired)", f"{vs_gdpp:.5f} ({percent(vs_gdpp.mean, gdpp_loss)})",
                "|diff| <= 5% of GD++'s loss", abs(vs_gdpp.mean) <= 0.05 * gdpp_loss)
-        checks(f"K = {k}: model cos with GD++", f"{align['metrics']['model_cos'].mean:.6f}", ">= 0.99",
-               align["metrics"]["model_cos"].mean >= 0.99)
-        checks(f"K = {k}: preds diff with GD++", f"{align['metrics']['preds_diff'].mean:.4f}",
-               f"< 5% of GD++'s RMS error ({0.05 * align['rms_error']:.4f})",
-               align["metrics"]["preds_diff"].mean < 0.05 * align["rms_error"])
+        checks(f"K = {k}: model cos with GD++", f"{align['model_cos'].mean:.6f}", ">= 0.99", align["model_cos"].mean >= 0.99)
+        checks(f"K = {k}: preds diff with GD++", f"{align['preds_diff'].mean:.4f}", f"< 5% of GD++'s RMS error ({0.05 * rms:.4f})",
+               align["preds_diff"].mean < 0.05 * rms)
     t.out("")
-    return {
-        "seconds": seconds,
-        "curves": curves,
-        "trained": trained,
-        "gdpp_rates": gdpp_rates,
-        "depths": {
-            str(k): {
-                "tuned_gd_eta": tuned_eta[k],
-                "loss": {name: metrics.estimate(value).to_dict() for name, value in rows[k]["losses"].items()},
-                "paired": {f"lsa_minus_{other}": value.to_dict() for other, value in rows[k]["paired"].items()},
-                "loss_per_layer": per_layer[str(k)],
-                "alignment": {other: {"rms_error": entry["rms_error"],
-                                      **{name: value.to_dict() for name, value in entry["metrics"].items()}}
-                              for other, entry in alignment[k].items()},
-            }
-            for k in DEPTHS
-        },
-    }
+    depths = {str(k): {"tuned_gd_eta": tuned_eta[k],
+                       "loss": {name: metrics.estimate(value).to_dict() for name, value in rows[k]["losses"].items()},
+                       "paired": {f"lsa_minus_{other}": value.to_dict() for other, value in rows[k]["paired"].items()},
+                       "loss_per_layer": per_layer[str(k)],
+                       "alignment": {other: {"rms_error": entry["rms_error"], **{n: v.to_dict() for n, v in entry["metrics"].items()}}
+                                     for other, entry in alignment[k].items()}} for k in DEPTHS}
+    return {"seconds": seconds, "curves": curves, "trained": trained, "gdpp_rates": gdpp_rates, "depths": depths}
 
 
-# --------------------------------------------------------------------------------------------
-# Step 5: the trained recurrent layer's weights
-# --------------------------------------------------------------------------------------------
-
-
-def step5_weights(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict:
+def step5_weights(t: Transcript, checks: Checks, s: Settings, lsa: dict) -> dict:
     t.heading("Step 5. Open the trained recurrent layer: the GD++ construction, with GD++'s rates")
-    d, n = D_IN, N_CONTEXT
-    lsa = ctx["lsa"]
     t.prose(f"""
         A layer depends on its four matrices only through W_q W_k^T and W_v W_o, and only up to
         (c W_q W_k^T, W_v W_o / c). The GD++ construction (step 1) has W_q W_k^T = c I on the
@@ -756,32 +578,15 @@ def step5_weights(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict
     """)
     summary = {}
     for k in DEPTHS:
-        cfg, params = lsa["trained"][k]
-        qk, ov = (m[0] for m in effective_matrices(cfg, params)["shared"])
+        qk, ov = (m[0] for m in effective_matrices(*lsa["trained"][k])["shared"])
         if k == DEPTHS[-1]:
-            t.out("trained W_q W_k^T")
-            t.out(matrix_lines(qk, TOKEN_LABELS, TOKEN_LABELS, decimals=2))
-            t.out("")
-            t.out("trained W_v W_o")
-            t.out(matrix_lines(ov, TOKEN_LABELS, TOKEN_LABELS, decimals=2))
-            t.out("")
-        c = float(np.trace(qk[:d, :d]) / d)
-        g_x = float(-np.trace(ov[:d, :d]) / d)
-        g_y = float(-ov[d, d])
-        qk_other = qk.copy()
-        qk_other[:d, :d] -= c * np.eye(d)
-        ov_x = ov.copy()  # what is written into the x-slots: all but the last column
-        ov_x[:d, :d] -= -g_x * np.eye(d)
-        other_x = float(np.max(np.abs(ov_x[:, :d])))
-        other_y = float(np.max(np.abs(ov[:d, d])))  # x-entries written into the y-slot
+            t.out("trained W_q W_k^T\n" + matrix_lines(qk, TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
+            t.out("trained W_v W_o\n" + matrix_lines(ov, TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
+        r = theory.read_gdpp_layer(qk, ov)
         eta_pp, gamma_pp = lsa["gdpp_rates"][k]
-        summary[str(k)] = {
-            "w_qk": np.round(qk, 6).tolist(), "w_ov": np.round(ov, 6).tolist(),
-            "c": c, "g_x": g_x, "g_y": g_y, "eta": n * c * g_y, "gamma": n * c * g_x,
-            "learned_gdpp_eta": eta_pp, "learned_gdpp_gamma": gamma_pp,
-            "max_abs_other_qk": float(np.max(np.abs(qk_other))), "max_abs_other_ov_x_columns": other_x,
-            "max_abs_other_ov_y_column": other_y,
-        }
+        summary[str(k)] = {"w_qk": np.round(qk, 6).tolist(), "w_ov": np.round(ov, 6).tolist(), "c": r.c, "g_x": r.g_x, "g_y": r.g_y,
+                           "eta": r.eta(N_CONTEXT), "gamma": r.gamma(N_CONTEXT), "learned_gdpp_eta": eta_pp, "learned_gdpp_gamma": gamma_pp,
+                           "max_abs_other_qk": r.other_qk, "max_abs_other_ov_x_columns": r.other_ov_x, "max_abs_other_ov_y_column": r.other_ov_y}
     t.out(f"  {'K':>2} {'c':>8} {'g_x':>8} {'g_y':>8} {'N c g_y':>9} {'GD++ eta':>9} {'N c g_x':>9} {'GD++ gamma':>11}"
           f"  {'other QK':>9} {'other OV->x':>12} {'other OV->y':>12}")
     for k in DEPTHS:
@@ -795,9 +600,9 @@ def step5_weights(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict
         pattern's own scale: c for W_q W_k^T, g_x for what W_v W_o writes into the x-slots, g_y
         for what it writes into the y-slot.)
     """)
-    if s.quick:
+    if s.experiment.smoke:
         t.prose(f"""
-            (Quick run: after {lsa_steps(s, DEPTHS[-1])} steps the layer is still on its way; in the full
+            (Quick run: after {s.experiment.lsa_steps(DEPTHS[-1])} steps the layer is still on its way; in the full
             run, reference/results/{NAME}.txt, it is the GD++ construction.)
         """)
     else:
@@ -809,7 +614,7 @@ def step5_weights(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict
     for k in DEPTHS:
         e = summary[str(k)]
         eta_off, gamma_off = e["eta"] / e["learned_gdpp_eta"] - 1, e["gamma"] / e["learned_gdpp_gamma"] - 1
-        if s.quick:
+        if s.experiment.smoke:
             checks(f"K = {k}: the trained layer's scales have GD++'s signs (quick run)",
                    f"c g_y = {e['c'] * e['g_y']:.4f}", "> 0", e["c"] * e["g_y"] > 0)
             continue
@@ -823,26 +628,15 @@ def step5_weights(t: Transcript, checks: Checks, s: Settings, ctx: dict) -> dict
     return summary
 
 
-# --------------------------------------------------------------------------------------------
-# Main
-# --------------------------------------------------------------------------------------------
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv, __doc__, f"{lsa_steps(QUICK, DEPTHS[-1])} LSA steps for K = {DEPTHS[-1]}, {QUICK.val_tasks} validation tasks", "training runs")
-    settings = QUICK if args.quick else FULL
-    out_dir = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix=f"iclgd_{NAME}_"))
-    run_dir = out_dir / "runs"
-    results_dir = out_dir if settings.quick else RESULTS_DIR
     backend = fastest_backend()
-    started = time.perf_counter()
-
-    t = Transcript()
-    checks = Checks(t)
-    t.out(f"{NAME}: a trained recurrent linear self-attention model does GD++ (curvature-corrected GD)")
-    t.out(f"mode: {'quick' if settings.quick else 'full'}; iclgd {iclgd.__version__}, numpy {np.__version__}, "
-          f"python {platform.python_version()}; training backend {backend}")
-    t.out("")
+    quick = Settings.of(True, backend).experiment
+    session = Session(argv, __doc__, NAME, f"{quick.lsa_steps(DEPTHS[-1])} LSA steps for K = {DEPTHS[-1]}, {quick.val_tasks} validation tasks",
+                      "training runs")
+    s, t, checks = Settings.of(session.quick, backend), session.t, session.checks
+    results = session.open("a trained recurrent linear self-attention model does GD++ (curvature-corrected GD)",
+                           "a trained recurrent LSA beats K steps of tuned GD and matches K steps of GD++ with learned rates",
+                           s.record(), training_backend=backend, backend=backend)
     t.prose("""
         Claim (von Oswald et al., "Transformers Learn In-Context by Gradient Descent", ICML
         2023, its multi-layer and recurrent models and GD++): deeper linear self-attention models beat as many steps of gradient
@@ -851,32 +645,26 @@ def main(argv=None) -> int:
         x ~ U(-1, 1)^d (the paper's text; the authors' code uses U(-0.5, 0.5)), w ~ N(0, I), no
         label noise, one head, half-MSE loss.
     """)
-    results = {"claim": "a trained recurrent LSA beats K steps of tuned GD and matches K steps of GD++ with learned rates",
-               "script": f"reference/{NAME}.py", "mode": "quick" if settings.quick else "full",
-               "settings": asdict(settings), "backend": backend,
-               "setting": {"d": D_IN, "n_context": N_CONTEXT, "x_scale": "a = 1 (paper)"},
-               "versions": {"iclgd": iclgd.__version__, "numpy": np.__version__, "python": platform.python_version()}}
-    if not settings.quick:
+    if not session.quick:
         reproduce = MultiLayerSetting(layers=DEPTHS, tied=True, backend=backend)
         differ = [f"K{k}/{model}" for k in DEPTHS for model in ("lsa", "gd", "gdpp")
-                  if reproduce.run_config(k, model) != run_config(settings, k, model, backend)]
+                  if reproduce.run_config(k, model) != s.experiment.run_config(k, model)]
         results["runs_differing_from_iclgd_reproduce"] = differ
         t.out("the training runs are those of `iclgd reproduce multi-layer --tied --layers 2,3`: "
-              + ("all of them" if not differ else f"except {', '.join(differ)}"))
-        t.out("")
+              + ("all of them" if not differ else f"except {', '.join(differ)}") + "\n")
 
-    results["step1_construction"] = step1_construction(t, checks, settings)
-    ctx = {"batch": validation_batch(the_task(), settings.val_tasks, settings.seed), "backend": backend, "run_dir": run_dir}
-    results["step2_deeper_gd"] = step2 = step2_deeper_gd(t, checks, settings, ctx)
-    ctx["gd_rows"] = step2["rows"]
-    learned = step3_learned_rates(t, checks, settings, ctx)
-    ctx["learned"] = learned
-    results["step3_learned_rates"] = {key: value for key, value in learned.items() if key != "trained"}
-    lsa = step4_recurrent_lsa(t, checks, settings, ctx)
+    run_dir = session.out_dir / "runs"
+    results["step1_construction"] = step1_construction(t, checks, s)
+    batch = validation_batch(s.experiment.task, s.experiment.val_tasks, s.experiment.seed)
+    results["step2_deeper_gd"] = step2 = step2_deeper_gd(t, checks, s, batch)
+    ctx = {"batch": batch, "run_dir": run_dir, "lam": theory.context_spectrum(batch.tokens)[0],
+           "tuned_eta": {row["k"]: row["eta"] for row in step2["rows"]}, "schedule": s.experiment.run_config(DEPTHS[0], "lsa").train.schedule}
+    ctx["learned"] = learned = step3_learned_rates(t, checks, s, ctx)
+    results["step3_learned_rates"] = {key: value for key, value in learned.items() if key not in ("trained", "predictions")}
+    lsa = step4_recurrent_lsa(t, checks, s, ctx)
     results["step4_recurrent_lsa"] = {key: value for key, value in lsa.items() if key not in ("trained", "gdpp_rates")}
-    results["step5_weights"] = step5_weights(t, checks, settings, {"lsa": lsa})
-
-    return finish(t, checks, results, started, f"training runs in {run_dir}", results_dir, NAME)
+    results["step5_weights"] = step5_weights(t, checks, s, lsa)
+    return session.finish(results, f"training runs in {run_dir}")
 
 
 if __name__ == "__main__":

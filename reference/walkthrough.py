@@ -1,13 +1,16 @@
-"""What the reference walkthroughs share: a transcript that prints and keeps every line, the
-list of checks each walkthrough narrates, and two small formatting helpers.
+"""What the reference walkthroughs share: their command line and run (``Session``: --quick and
+--out, where the results go, the opening lines, the summary), a transcript that prints and keeps
+every line, the list of checks each walkthrough narrates, and small formatting helpers.
 
 The walkthroughs run as scripts (``python reference/0N_*.py``), so this file is imported from
-the script's own folder: ``from walkthrough import Transcript, Checks``.
+the script's own folder: ``from walkthrough import Session``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import tempfile
 import textwrap
 import time
 from dataclasses import asdict, dataclass
@@ -15,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from iclgd.runio import atomic_write_text
+import iclgd
+from iclgd.runio import atomic_write_text, list_checkpoints
+from iclgd.train import TrainState, train
+
+#: where a full run records what it printed and its numbers
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: the task of every walkthrough, as the results record it
+SETTING = {"d": 10, "n_context": 10, "x_scale": "a = 1 (paper)"}
 
 
 class Transcript:
@@ -45,8 +55,9 @@ class Transcript:
         self._emit("")
 
     def out(self, text: str = "") -> None:
-        """Verbatim lines (numbers, tables, matrices)."""
-        for line in text.splitlines() or [""]:
+        """Verbatim lines (numbers, tables, matrices), one per "\n"-separated piece: a text
+        ending in "\n" ends with a blank line."""
+        for line in text.split("\n"):
             self._emit(line)
 
     def text(self) -> str:
@@ -96,29 +107,16 @@ def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-
-def finish(t: Transcript, checks: Checks, results: dict, started: float, runs_note: str, results_dir: Path, name: str) -> int:
-    """The summary of every check, then ``name``.json (``results`` with the checks and the total
-    time) and ``name``.txt (the transcript) written atomically into ``results_dir``.  Returns the
-    exit status: 0 when every check passed, else 1."""
-    t.heading("Summary")
-    width = max(len(check.name) for check in checks.items)
-    for check in checks.items:
-        t.out(f"  [{'pass' if check.ok else 'FAIL'}] {check.name.ljust(width)}  {check.measured}")
-    results["checks"] = [asdict(check) for check in checks.items]
-    results["all_checks_passed"] = checks.all_passed
-    results["total_seconds"] = time.perf_counter() - started
-    t.out("")
-    t.out(f"total time {results['total_seconds']:.1f} s; {runs_note}")
-    t.out(f"results: {results_dir / (name + '.json')} and {results_dir / (name + '.txt')}")
-    if checks.all_passed:
-        t.out("all checks passed")
-    else:
-        failed = [check.name for check in checks.items if not check.ok]
-        t.out(f"CHECKS FAILED ({len(failed)}): {'; '.join(failed)}")
-    atomic_write_text(results_dir / f"{name}.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(results_dir / f"{name}.txt", t.text())
-    return 0 if checks.all_passed else 1
+def train_run(t: Transcript, run_dir: Path, config) -> tuple[TrainState, float, int | None]:
+    """Train (or resume, or find finished) one run, saying so when ``run_dir`` already holds a
+    checkpoint: (the final state, the seconds it took, the step it resumed from or None)."""
+    checkpoints = list_checkpoints(run_dir)
+    resumed_from = checkpoints[-1][0] if checkpoints else None
+    if resumed_from is not None:
+        t.out(f"  ({run_dir} already holds a checkpoint at step {resumed_from}; train() resumes from it)")
+    started = time.perf_counter()
+    state = train(run_dir, config, quiet=False)
+    return state, time.perf_counter() - started, resumed_from
 
 
 def parse_args(argv, doc: str, quick_help: str, runs: str):
@@ -129,3 +127,57 @@ def parse_args(argv, doc: str, quick_help: str, runs: str):
     parser.add_argument("--out", type=Path, default=None,
                         help=f"directory for the {runs} (and, with --quick, the results); default: a new temporary directory")
     return parser.parse_args(argv)
+
+
+class Session:
+    """One run of a walkthrough: its command line, its transcript and checks, where it writes.
+
+    ``out_dir`` (--out, or a new temporary directory) holds the training runs; the results go to
+    reference/results for a full run and to ``out_dir`` for a --quick one."""
+
+    def __init__(self, argv, doc: str, name: str, quick_help: str, runs: str):
+        args = parse_args(argv, doc, quick_help, runs)
+        self.name, self.quick = name, bool(args.quick)
+        self.mode = "quick" if self.quick else "full"
+        self.out_dir = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix=f"iclgd_{name}_"))
+        self.results_dir = self.out_dir if self.quick else RESULTS_DIR
+        self.started = time.perf_counter()
+        self.t = Transcript()
+        self.checks = Checks(self.t)
+
+    def open(self, headline: str, claim: str, settings: dict, training_backend: str | None = None, **extra) -> dict:
+        """Print the opening lines (the headline, the mode and versions, and the training backend
+        if one is named) and return the results' first entries: the claim, the script, the mode,
+        ``settings``, any ``extra`` entries, the task and the versions."""
+        versions = {"iclgd": iclgd.__version__, "numpy": np.__version__, "python": platform.python_version()}
+        self.t.out(f"{self.name}: {headline}")
+        self.t.out(f"mode: {self.mode}; iclgd {versions['iclgd']}, numpy {versions['numpy']}, python {versions['python']}"
+                   + (f"; training backend {training_backend}" if training_backend else ""))
+        self.t.out("")
+        return {"claim": claim, "script": f"reference/{self.name}.py", "mode": self.mode, "settings": settings,
+                **extra, "setting": dict(SETTING), "versions": versions}
+
+    def finish(self, results: dict, runs_note: str) -> int:
+        """The summary of every check, then NAME.json (``results`` with the checks and the total
+        time) and NAME.txt (the transcript) written atomically into the results folder.  Returns
+        the exit status: 0 when every check passed, else 1."""
+        t, checks = self.t, self.checks
+        t.heading("Summary")
+        width = max(len(check.name) for check in checks.items)
+        for check in checks.items:
+            t.out(f"  [{'pass' if check.ok else 'FAIL'}] {check.name.ljust(width)}  {check.measured}")
+        results["checks"] = [asdict(check) for check in checks.items]
+        results["all_checks_passed"] = checks.all_passed
+        results["total_seconds"] = time.perf_counter() - self.started
+        json_path, text_path = self.results_dir / f"{self.name}.json", self.results_dir / f"{self.name}.txt"
+        t.out("")
+        t.out(f"total time {results['total_seconds']:.1f} s; {runs_note}")
+        t.out(f"results: {json_path} and {text_path}")
+        if checks.all_passed:
+            t.out("all checks passed")
+        else:
+            failed = [check.name for check in checks.items if not check.ok]
+            t.out(f"CHECKS FAILED ({len(failed)}): {'; '.join(failed)}")
+        atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+        atomic_write_text(text_path, t.text())
+        return 0 if checks.all_passed else 1

@@ -1,37 +1,49 @@
-"""The reference walkthroughs run, and the claims they print hold (quick mode)."""
+"""The reference walkthroughs run, and the claims they print hold (quick mode); their settings are
+the experiments' settings."""
+import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from iclgd.backends import fastest_backend
+from iclgd.experiments.multi_layer import MultiLayerSetting
+from iclgd.experiments.one_layer import OneLayerSetting
+from iclgd.experiments.ood import OODSetting
+
 REFERENCE = Path(__file__).resolve().parent.parent / "reference"
 
 
-def test_one_step_gd_walkthrough_quick(tmp_path):
-    script = REFERENCE / "01_one_step_gd.py"
+def recorded_files(name: str) -> dict:
+    """reference/results/NAME.* with their modification times."""
     results_dir = REFERENCE / "results"
-    recorded = {p: p.stat().st_mtime_ns for p in results_dir.glob("01_one_step_gd.*")} if results_dir.is_dir() else {}
+    return {p: p.stat().st_mtime_ns for p in results_dir.glob(f"{name}.*")} if results_dir.is_dir() else {}
 
-    completed = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )
+
+def run_quick(name: str, out: Path, timeout: int = 300) -> tuple[str, dict]:
+    """``python reference/NAME.py --quick --out OUT``: it exits 0 with every check passed, what it
+    printed is what it wrote into OUT, and reference/results is left alone.  (stdout, results)."""
+    recorded = recorded_files(name)
+    completed = subprocess.run([sys.executable, str(REFERENCE / f"{name}.py"), "--quick", "--out", str(out)],
+                               capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    stdout = completed.stdout
-    assert stdout.rstrip().endswith("all checks passed")
-    assert "[FAIL]" not in stdout
+    assert completed.stdout.rstrip().endswith("all checks passed") and "[FAIL]" not in completed.stdout
+    assert (out / f"{name}.txt").read_text(encoding="utf-8") == completed.stdout
+    assert recorded_files(name) == recorded, "--quick must not write into reference/results"
+    results = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+    assert results["mode"] == "quick" and results["all_checks_passed"] is True
+    assert results["checks"] and all(check["ok"] for check in results["checks"])
+    return completed.stdout, results
 
-    # what it printed is what it wrote, into --out and not into reference/results
-    transcript = (tmp_path / "01_one_step_gd.txt").read_text(encoding="utf-8")
-    assert transcript == stdout
-    results = json.loads((tmp_path / "01_one_step_gd.json").read_text(encoding="utf-8"))
-    current = {p: p.stat().st_mtime_ns for p in results_dir.glob("01_one_step_gd.*")} if results_dir.is_dir() else {}
-    assert current == recorded, "--quick must not write into reference/results"
+
+def test_one_step_gd_walkthrough_quick(tmp_path):
+    _, results = run_quick("01_one_step_gd", tmp_path)
     assert (tmp_path / "run" / "config.toml").is_file()
 
     # the claims, re-checked from the recorded numbers
-    assert results["mode"] == "quick" and results["all_checks_passed"] is True
-    assert results["checks"] and all(check["ok"] for check in results["checks"])
     step1 = results["step1_construction"]
     assert step1["max_abs_weight_diff_vs_gd_construction"] == 0.0
     assert step1["max_abs_prediction_diff_vs_gd"] <= 1e-12
@@ -48,18 +60,40 @@ def test_one_step_gd_walkthrough_quick(tmp_path):
 
 
 def test_out_of_distribution_walkthrough_quick(tmp_path):
-    results_dir = REFERENCE / "results"
-    recorded = {p: p.stat().st_mtime_ns for p in results_dir.glob("03_out_of_distribution.*")}
-    completed = subprocess.run(
-        [sys.executable, str(REFERENCE / "03_out_of_distribution.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    assert completed.stdout.rstrip().endswith("all checks passed") and "[FAIL]" not in completed.stdout
-    assert (tmp_path / "03_out_of_distribution.txt").read_text(encoding="utf-8") == completed.stdout
-    assert {p: p.stat().st_mtime_ns for p in results_dir.glob("03_out_of_distribution.*")} == recorded
-    results = json.loads((tmp_path / "03_out_of_distribution.json").read_text(encoding="utf-8"))
-    assert results["mode"] == "quick" and results["all_checks_passed"] is True
-    assert all(check["ok"] for check in results["checks"])
+    _, results = run_quick("03_out_of_distribution", tmp_path)
     assert all((tmp_path / model / "config.toml").is_file() for model in ("clean", "distractors"))
     assert set(results["step1_laws"]["moments"]) == {"uniform", "gaussian", "exponential", "laplace"}
+
+
+@pytest.fixture
+def walkthrough(monkeypatch):
+    """Import reference/NAME.py as a module (its folder on the path, for ``walkthrough``)."""
+    monkeypatch.syspath_prepend(str(REFERENCE))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"walkthrough_{name}", REFERENCE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    return load
+
+
+def test_walkthrough_01_trains_the_one_layer_experiments_run_on_the_numpy_oracle_logged_every_50th_step(walkthrough):
+    w01 = walkthrough("01_one_step_gd")
+    for settings, experiment in ((w01.FULL, OneLayerSetting(backend="numpy", tune_tasks=10_000, n_curve_points=10)),
+                                 (w01.QUICK, OneLayerSetting.quick(backend="numpy", tune_tasks=2_000, n_curve_points=10))):
+        assert settings.experiment == experiment
+        expected = experiment.run_config()
+        assert settings.run_config() == dataclasses.replace(expected, train=dataclasses.replace(expected.train,
+                                                                                            log_every=experiment.steps // 50))
+
+
+def test_walkthrough_02s_full_runs_are_reproduce_multi_layer_tied_at_depths_2_and_3(walkthrough):
+    settings = walkthrough("02_multi_layer").Settings.of(False, fastest_backend())
+    assert settings.experiment == MultiLayerSetting(layers=(2, 3), tied=True, backend=fastest_backend())
+
+
+def test_walkthrough_03_runs_the_ood_experiment_in_its_full_and_quick_settings(walkthrough):
+    w03 = walkthrough("03_out_of_distribution")
+    assert (w03.FULL.experiment, w03.QUICK.experiment) == (OODSetting(), OODSetting.quick())

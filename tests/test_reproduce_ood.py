@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from iclgd import runio
+from iclgd.backends import get_backend
 from iclgd.evaluate import input_scale_sweep
 from iclgd.experiments import ood
 from iclgd.experiments.ood import OODSetting
@@ -128,7 +129,7 @@ def test_the_input_scale_rows_are_those_of_evaluate_input_scale_sweep(quick_run)
     setting, out, results = quick_run
     config = setting.run_config("clean")
     eta = results["models"]["clean"]["gd_eta"]
-    backend = ood.get_backend(setting.backend)
+    backend = get_backend(setting.backend)
     expected = input_scale_sweep(backend, config.model, final_params(out, "clean"), config.task, setting.val_tasks, setting.seed, eta)
     ours = results["sweeps"]["input_scale"]["clean"]
     for mine, theirs in zip(ours, expected, strict=True):

@@ -28,17 +28,18 @@ rate, and a small batch is enough).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from iclgd import baselines, metrics, plots
 from iclgd._checks import positive_int
-from iclgd.backends import fastest_backend, get_backend
+from iclgd.backends import fastest_backend
 from iclgd.config import RunConfig, TrainConfig
-from iclgd.experiments import output
-from iclgd.experiments.output import beats_zero_check, finite_check, fmt, results_tables, write_outputs, zero_predictor_loss
+from iclgd.experiments.output import ClaimRow, beats_zero_check, finite_check, fmt, zero_predictor_loss
+from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.evaluate import stream, tune_gd_eta, validation_batch
 from iclgd.gd_models import LearnedGDConfig, as_lsa
 from iclgd.models import LSAConfig
@@ -53,10 +54,14 @@ MODEL_LABELS = {"lsa": "trained LSA", "gd": "learned-rate GD", "gdpp": "learned-
 
 
 @dataclass(frozen=True)
-class MultiLayerSetting:
+class MultiLayerSetting(Setting):
     """Which depths, tied or not, and how long to train (defaults: the module doc); ``x_scale`` is a
-    (or a name of iclgd.tasks.X_SCALES); ``smoke`` marks a smoke run (``quick``), judged by
-    ``smoke_rows`` instead of the paper's claims."""
+    (or a name of iclgd.tasks.X_SCALES); ``quick()`` is a smoke run of seconds: K = 1, 2 and short
+    training (long enough to move the LSA well below predicting 0), judged by ``smoke_rows``."""
+
+    QUICK: ClassVar[dict] = dict(layers=(1, 2), steps_base=250, steps_per_layer=50, batch_size=256, baseline_steps=50,
+                                 baseline_batch_size=256, val_tasks=1000, tune_tasks=2000)
+    TASK_COUNTS: ClassVar[tuple[str, ...]] = ("val_tasks", "tune_tasks")
 
     layers: tuple[int, ...] = (1, 2, 3, 4, 5)
     tied: bool = False
@@ -76,8 +81,7 @@ class MultiLayerSetting:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_scale", resolve_x_scale(self.x_scale))
-        if not isinstance(self.smoke, bool):
-            raise ValueError(f"smoke must be True or False; got {self.smoke!r}")
+        self.check_common()
         layers = tuple(self.layers)
         if not layers:
             raise ValueError("layers must name at least one depth K; got none")
@@ -89,20 +93,9 @@ class MultiLayerSetting:
                 raise ValueError(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
         for name in ("baseline_steps", "batch_size", "baseline_batch_size"):
             positive_int(name, getattr(self, name))
-        for name in ("val_tasks", "tune_tasks"):
-            if positive_int(name, getattr(self, name)) < 2:
-                raise ValueError(f"{name} must be >= 2 (a standard error needs two tasks); got {getattr(self, name)}")
         for k in self.layers:
             for model in MODELS:
                 self.run_config(k, model)  # validates every training setting
-
-    @classmethod
-    def quick(cls, **changes) -> "MultiLayerSetting":
-        """A smoke run of seconds: K = 1, 2 and short training (long enough to move the LSA well below
-        predicting 0)."""
-        values = dict(layers=(1, 2), steps_base=250, steps_per_layer=50, batch_size=256, baseline_steps=50,
-                      baseline_batch_size=256, val_tasks=1000, tune_tasks=2000, smoke=True)
-        return cls(**(values | changes))
 
     def lsa_steps(self, n_layers: int) -> int:
         """Training steps of the K-layer LSA: steps_base + steps_per_layer * K."""
@@ -171,9 +164,9 @@ def evaluate_depth(backend, n_layers: int, trained: dict, tuned_eta: float, batc
     }
 
 
-def run(out_dir: str | Path, setting: MultiLayerSetting, quiet: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    backend = get_backend(setting.backend)
+def measure(out_dir: Path, setting: MultiLayerSetting, backend, quiet: bool) -> Measured:
+    """Train every model at every depth (resumable, under ``out_dir``/K<K>/<model>), then compare
+    them depth by depth on the validation tasks."""
     task = setting.task
     batch = validation_batch(task, setting.val_tasks, setting.seed)
     tune_batch = task.sample(setting.tune_tasks, stream(setting.seed, "line_search"))
@@ -197,8 +190,6 @@ def run(out_dir: str | Path, setting: MultiLayerSetting, quiet: bool = False) ->
         seconds[f"K{k}/evaluation"] = time.perf_counter() - started
         rows.append(row)
     results = {
-        "claim": "trained K-layer LSA models match or beat K steps of GD; recurrent ones approach GD++",
-        "setting": asdict(setting),
         "depths": rows,
         "quoted_tuned_gd": {str(k): v for k, v in QUOTED_TUNED_GD.items()} if setting.x_scale == 1.0 else {},
         "zero_predictor_loss": zero_predictor_loss(batch.targets),
@@ -210,11 +201,11 @@ def run(out_dir: str | Path, setting: MultiLayerSetting, quiet: bool = False) ->
         "loss_by_layer.png": lambda path: plots.loss_by_layer(path, rows, MODEL_LABELS),
         "alignment_by_depth.png": lambda path: plots.alignment_by_depth(path, rows, MODEL_LABELS),
     }
-    return write_outputs(out_dir, results, figures, report, comparison_rows, smoke_rows)
+    return Measured(results, figures)
 
 
-def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
-    """(paper's statement, our number, our criterion, holds?) for the report and the console."""
+def comparison_rows(r: dict) -> list[ClaimRow]:
+    """The paper's claims: (paper's statement, our number, our criterion, holds?)."""
     rows = r["depths"]
     tied = r["setting"]["tied"]
     model = "recurrent LSA" if tied else "K-layer LSA"
@@ -248,7 +239,7 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
     return out
 
 
-def tuned_gd_rows(r: dict) -> list[tuple[str, str, str, bool]]:
+def tuned_gd_rows(r: dict) -> list[ClaimRow]:
     """The row on tuned K-step GD (falls with K; near the reference values), where there is something
     to compare: two depths or more, or a depth with a reference value."""
     rows = r["depths"]
@@ -274,7 +265,7 @@ def tuned_gd_rows(r: dict) -> list[tuple[str, str, str, bool]]:
 SMOKE_GD_SLACK = 0.10
 
 
-def smoke_rows(r: dict) -> list[tuple[str, str, str, bool]]:
+def smoke_rows(r: dict) -> list[ClaimRow]:
     """The weaker criteria of a smoke run (``--quick``): finite numbers, tuned GD as theory says,
     learned-rate GD no worse than tuned GD (within 10%), and the LSA well below predicting 0 at every K."""
     rows = r["depths"]
@@ -287,19 +278,30 @@ def smoke_rows(r: dict) -> list[tuple[str, str, str, bool]]:
     ), beats_zero_check("the trained LSA at every K", lsa, r["zero_predictor_loss"])]
 
 
-def exit_code(r: dict) -> int:
-    """0 when every claim holds (every smoke check, for a smoke run), else 1."""
-    return output.exit_code(r, comparison_rows, smoke_rows)
-
-
-def table(r: dict) -> str:
-    return results_tables(r, comparison_rows, smoke_rows)
-
-
-def report(r: dict) -> str:
+def setting_text(r: dict) -> str:
     s = r["setting"]
     kind = "tied (recurrent)" if s["tied"] else "untied"
     rates = "one shared rate (pair)" if s["tied"] else "one rate (pair) per step"
+    a = s.get("x_scale", 1.0)
+    return f"""Setting: d = N = 10, x ~ U(-{a:g}, {a:g})^d, w ~ N(0, I), no label noise. LSA: {kind}, one head, key size 11,
+{s['steps_base']} + {s['steps_per_layer']} K Adam steps, batch {s['batch_size']}, lr {s['lr']:g} with cosine decay. Learned-rate GD and GD++:
+{rates}, {s['baseline_steps']} steps, batch {s['baseline_batch_size']}, lr {s['baseline_lr']:g} (cosine), trained by the
+same loop through their LSA form. Tuned GD: one eta for all K steps by line search on {s['tune_tasks']} training tasks.
+Seed {s['seed']}, backend `{s['backend']}`. Evaluation on {s['val_tasks']} validation tasks; every comparison is paired
+on those tasks; ± is one standard error over tasks. The whole run took {r['total_seconds']:.0f} s."""
+
+
+def rate_cells(values: list[float], last_unused: bool) -> str:
+    """Learned rates to three decimals; the last GD++ step's gamma moves inputs no later step reads:
+    its gradient is 0 and it stays at its init, shown as "(unused)"."""
+    text = [f"{v:.3f}" for v in values]
+    if last_unused:
+        text[-1] = "(unused)"
+    return ", ".join(text)
+
+
+def sections(r: dict) -> str:
+    s = r["setting"]
     names = ("lsa", "tuned_gd", "gd", "gdpp")
     loss_lines = "\n".join(
         f"| {row['n_layers']} | " + " | ".join(fmt(row["loss"][n]) for n in names)
@@ -314,35 +316,12 @@ def report(r: dict) -> str:
         f"| {row['n_layers']} | {MODEL_LABELS[n]} | " + ", ".join(f"{e['mean']:.3f}" for e in row["loss_per_layer"][n]) + " |"
         for row in r["depths"] for n in names
     )
-    def rate_cells(values: list[float], last_unused: bool) -> str:
-        # the last GD++ step's gamma moves inputs no later step reads: its gradient is 0 and it stays at its init
-        text = [f"{v:.3f}" for v in values]
-        if last_unused:
-            text[-1] = "(unused)"
-        return ", ".join(text)
-
     rate_lines = "\n".join(
         f"| {row['n_layers']} | {row['tuned_gd_eta']:.3f} | {rate_cells(row['rates']['gd']['eta'], False)} | "
         f"{rate_cells(row['rates']['gdpp']['eta'], False)} | {rate_cells(row['rates']['gdpp']['gamma'], not s['tied'])} |"
         for row in r["depths"]
     )
-    figures = "".join(f"\n![{name}]({name})" for name in r["figures"])
-    a = s.get("x_scale", 1.0)
-    title = " (smoke run, --quick)" if output.is_smoke(r) else ""
-    return f"""# K-layer LSA against K steps of GD and GD++{title}
-
-Claim (von Oswald et al. 2023, multi-layer and recurrent experiments): {r['claim']}.
-
-Setting: d = N = 10, x ~ U(-{a:g}, {a:g})^d, w ~ N(0, I), no label noise. LSA: {kind}, one head, key size 11,
-{s['steps_base']} + {s['steps_per_layer']} K Adam steps, batch {s['batch_size']}, lr {s['lr']:g} with cosine decay. Learned-rate GD and GD++:
-{rates}, {s['baseline_steps']} steps, batch {s['baseline_batch_size']}, lr {s['baseline_lr']:g} (cosine), trained by the
-same loop through their LSA form. Tuned GD: one eta for all K steps by line search on {s['tune_tasks']} training tasks.
-Seed {s['seed']}, backend `{s['backend']}`. Evaluation on {s['val_tasks']} validation tasks; every comparison is paired
-on those tasks; ± is one standard error over tasks. The whole run took {r['total_seconds']:.0f} s.
-
-{table(r)}
-
-## Loss per depth (half-MSE)
+    return f"""## Loss per depth (half-MSE)
 
 | K | trained LSA | tuned GD | learned GD | learned GD++ | LSA - tuned GD | LSA - GD++ |
 |---|---|---|---|---|---|---|
@@ -364,6 +343,10 @@ on those tasks; ± is one standard error over tasks. The whole run took {r['tota
 
 | K | tuned GD eta | learned GD eta | learned GD++ eta | learned GD++ gamma |
 |---|---|---|---|---|
-{rate_lines}
-{figures}
-"""
+{rate_lines}"""
+
+
+EXPERIMENT = Experiment(claim="trained K-layer LSA models match or beat K steps of GD; recurrent ones approach GD++",
+                        title="K-layer LSA against K steps of GD and GD++", source="von Oswald et al. 2023, multi-layer and recurrent experiments",
+                        measure=measure, claims=comparison_rows, checks=smoke_rows, setting_text=setting_text, sections=sections)
+run, table, exit_code, report = EXPERIMENT.run, EXPERIMENT.table, EXPERIMENT.exit_code, EXPERIMENT.report

@@ -19,31 +19,35 @@ the raw validation loss is reported too.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from iclgd import baselines, plots, runio
 from iclgd._checks import positive_int
-from iclgd.backends import fastest_backend, get_backend
-from iclgd.config import RunConfig
+from iclgd.backends import fastest_backend
+from iclgd.config import RunConfig, TrainConfig
 from iclgd.construct import gd_construction
-from iclgd.experiments import output
-from iclgd.experiments.output import beats_zero_check, finite_check, fmt, results_tables, write_outputs, zero_predictor_loss
-from iclgd.evaluate import compare_with_gd, input_scale_sweep, interpolation_sweep, stream, tune_gd_eta, validation_batch
+from iclgd.evaluate import Comparison, compare_with_gd, input_scale_sweep, interpolation_sweep, stream, tune_gd_eta, validation_batch
+from iclgd.metrics import Estimate
+from iclgd.experiments.output import ClaimRow, beats_zero_check, eta_check, finite_check, fmt, x_scale_name, zero_predictor_loss
+from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.models import LSAConfig
-from iclgd.tasks import X_SCALES, LinearRegressionTask
-from iclgd.config import TrainConfig
+from iclgd.tasks import Batch, LinearRegressionTask
 from iclgd.train import load_checkpoint, train
 
 
 @dataclass(frozen=True)
-class OneLayerSetting:
+class OneLayerSetting(Setting):
     """The paper's setting (d = N = 10, one layer, one head, batch 2048, lr 1e-3) and our run length.
     A cosine decay of the learning rate lets 5000 steps land on the optimum on a laptop CPU.
-    ``backend`` defaults to the fastest installed one (numba, else jax, else numpy); ``smoke``
-    marks a smoke run (``quick``), judged by ``smoke_rows`` instead of the paper's claims."""
+    ``backend`` defaults to the fastest installed one (numba, else jax, else numpy); ``quick()``
+    is a smoke run of seconds (as the walkthrough's --quick): 300 steps, small evaluations."""
+
+    QUICK: ClassVar[dict] = dict(steps=300, val_tasks=2000, tune_tasks=10_000)
+    TASK_COUNTS: ClassVar[tuple[str, ...]] = ("val_tasks", "tune_tasks")
 
     steps: int = 5000
     seed: int = 0
@@ -56,18 +60,9 @@ class OneLayerSetting:
     smoke: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.smoke, bool):
-            raise ValueError(f"smoke must be True or False; got {self.smoke!r}")
-        for name in ("val_tasks", "tune_tasks"):
-            if positive_int(name, getattr(self, name)) < 2:
-                raise ValueError(f"{name} must be >= 2 (a standard error needs two tasks); got {getattr(self, name)}")
+        self.check_common()
         positive_int("n_curve_points", self.n_curve_points)
         self.run_config()  # validates the task, model and training settings
-
-    @classmethod
-    def quick(cls, **changes) -> "OneLayerSetting":
-        """A smoke run of seconds (as the walkthrough's --quick): 300 steps, small evaluations."""
-        return cls(**(dict(steps=300, val_tasks=2000, tune_tasks=10_000, smoke=True) | changes))
 
     def run_config(self) -> RunConfig:
         task = LinearRegressionTask(d=10, n_context=10, x_scale=self.x_scale)
@@ -77,11 +72,6 @@ class OneLayerSetting:
             sampler=self.sampler, schedule="cosine", checkpoint_every=max(1, self.steps // self.n_curve_points),
         )
         return RunConfig(task, model, train_cfg)
-
-
-def x_scale_name(x_scale: float) -> str:
-    names = {value: name for name, value in X_SCALES.items()}
-    return f"a = {x_scale:g} ({names[x_scale]})" if x_scale in names else f"a = {x_scale:g}"
 
 
 def alignment_over_training(backend, config: RunConfig, run_dir: Path, batch, eta: float) -> list[dict]:
@@ -95,47 +85,69 @@ def alignment_over_training(backend, config: RunConfig, run_dir: Path, batch, et
     return rows
 
 
-def run(out_dir: str | Path, setting: OneLayerSetting, quiet: bool = False) -> dict:
-    out_dir = Path(out_dir)
+@dataclass(frozen=True)
+class LayerEvaluation:
+    """A trained layer against one GD step on the validation tasks (every comparison paired)."""
+
+    gd_eta: float  # GD's rate, line-searched on training-distribution tasks
+    optimum: baselines.OneStepOptimum  # the closed-form best step
+    batch: Batch  # the validation tasks
+    tuned: Comparison  # against GD at gd_eta
+    at_optimum: Comparison  # against GD at the closed-form eta*
+    curve: list[dict]  # validation loss and alignment with GD at gd_eta at every checkpoint
+
+    @property
+    def expected_loss(self) -> Estimate:
+        """The layer's expected loss by a control variate: GD at eta* has a known expected loss
+        (the closed form), so optimum + mean(layer - GD at eta*) on the same tasks, with the
+        paired difference's (small) standard error."""
+        return Estimate(self.optimum.half_mse + self.at_optimum.model_minus_gd.mean, self.at_optimum.model_minus_gd.stderr)
+
+
+def evaluate_layer(backend, config: RunConfig, params: dict, setting: OneLayerSetting, run_dir: Path) -> LayerEvaluation:
+    """Line-search GD's rate on ``setting.tune_tasks`` tasks, then compare the layer ``params`` (and
+    every checkpoint in ``run_dir``) with GD on ``setting.val_tasks`` validation tasks."""
+    task, cfg = config.task, config.model
+    gd_eta = tune_gd_eta(task.sample(setting.tune_tasks, stream(setting.seed, "line_search")))
+    optimum = baselines.one_step_optimum(task.d, task.n_context, task.x_scale)
+    batch = validation_batch(task, setting.val_tasks, setting.seed)
+    tuned = compare_with_gd(backend, cfg, params, batch, gd_eta)
+    at_optimum = compare_with_gd(backend, cfg, params, batch, optimum.eta)
+    return LayerEvaluation(gd_eta, optimum, batch, tuned, at_optimum, alignment_over_training(backend, config, run_dir, batch, gd_eta))
+
+
+def measure(out_dir: Path, setting: OneLayerSetting, backend, quiet: bool) -> Measured:
+    """Train the layer (resumable, in ``out_dir``), then compare it with GD on the validation tasks."""
     config = setting.run_config()
-    backend = get_backend(setting.backend)
     started = time.perf_counter()
     state = train(out_dir, config, quiet=quiet, backend=backend)
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     task, cfg = config.task, config.model
-    gd_eta = tune_gd_eta(task.sample(setting.tune_tasks, stream(setting.seed, "line_search")))
-    optimum = baselines.one_step_optimum(task.d, task.n_context, task.x_scale)
-    batch = validation_batch(task, setting.val_tasks, setting.seed)
-    tuned = compare_with_gd(backend, cfg, state.params, batch, gd_eta)
-    at_optimum = compare_with_gd(backend, cfg, state.params, batch, optimum.eta)
-    constructed = gd_construction(cfg, gd_eta)
-    curve = alignment_over_training(backend, config, out_dir, batch, gd_eta)
+    ev = evaluate_layer(backend, config, state.params, setting, out_dir)
+    tuned, at_optimum, optimum = ev.tuned, ev.at_optimum, ev.optimum
     results = {
-        "claim": "a trained one-layer LSA equals one step of GD with the best learning rate",
-        "setting": asdict(setting),
         "x_scale": x_scale_name(task.x_scale),
         "trained_loss": tuned.model_loss.to_dict(),
         "gd_loss": tuned.gd_loss.to_dict(),
-        "gd_eta": gd_eta,
+        "gd_eta": ev.gd_eta,
         "optimal_eta": optimum.eta,
         "optimal_loss": optimum.half_mse,
         "gd_loss_at_optimal_eta": at_optimum.gd_loss.to_dict(),
         "trained_minus_gd": tuned.model_minus_gd.to_dict(),
         "trained_minus_gd_at_optimal_eta": at_optimum.model_minus_gd.to_dict(),
         "trained_expected_loss": {
-            "mean": optimum.half_mse + at_optimum.model_minus_gd.mean,
-            "stderr": at_optimum.model_minus_gd.stderr,
+            **ev.expected_loss.to_dict(),
             "method": "closed-form optimum + paired mean of (trained - GD at eta*) on the validation tasks",
         },
         "preds_diff": tuned.preds_diff.to_dict(),
         "model_cos": tuned.model_cos.to_dict(),
         "model_diff": tuned.model_diff.to_dict(),
-        "interpolation": interpolation_sweep(backend, cfg, state.params, constructed, batch),
-        "ood_input_scale": input_scale_sweep(backend, cfg, state.params, task, setting.val_tasks, setting.seed, gd_eta),
-        "training_curve": curve,
-        "zero_predictor_loss": zero_predictor_loss(batch.targets),
+        "interpolation": interpolation_sweep(backend, cfg, state.params, gd_construction(cfg, ev.gd_eta), ev.batch),
+        "ood_input_scale": input_scale_sweep(backend, cfg, state.params, task, setting.val_tasks, setting.seed, ev.gd_eta),
+        "training_curve": ev.curve,
+        "zero_predictor_loss": zero_predictor_loss(ev.batch.targets),
         "train_seconds": train_seconds,
     }
     results["relative_excess_over_optimum"] = results["trained_expected_loss"]["mean"] / optimum.half_mse - 1.0
@@ -143,16 +155,16 @@ def run(out_dir: str | Path, setting: OneLayerSetting, quiet: bool = False) -> d
 
     runio.save_params(out_dir / "params.npz", state.params)
     figures = {
-        "loss.png": lambda path: plots.loss_curve(path, runio.read_jsonl(out_dir / "metrics.jsonl"), curve,
+        "loss.png": lambda path: plots.loss_curve(path, runio.read_jsonl(out_dir / "metrics.jsonl"), ev.curve,
                                                   tuned.gd_loss.mean, optimum.half_mse),
-        "alignment.png": lambda path: plots.alignment_curve(path, curve),
+        "alignment.png": lambda path: plots.alignment_curve(path, ev.curve),
         "ood.png": lambda path: plots.input_scale_sweep(path, results["ood_input_scale"]),
     }
-    return write_outputs(out_dir, results, figures, report, comparison_rows, smoke_rows)
+    return Measured(results, figures)
 
 
-def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
-    """(paper's statement, our number, our criterion, holds?) for the report and the console."""
+def comparison_rows(r: dict) -> list[ClaimRow]:
+    """The paper's claims: (paper's statement, our number, our criterion, holds?)."""
     excess = r["relative_excess_over_optimum"]
     interp = {row["alpha"]: row["loss"] for row in r["interpolation"]}
     ood = r["ood_input_scale"]
@@ -164,7 +176,7 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
         ("no one-layer LSA beats the closed-form one-step optimum",
          f"expected loss {r['trained_expected_loss']['mean']:.4f} ± {r['trained_expected_loss']['stderr']:.4f} vs optimum {r['optimal_loss']:.4f} ({100 * excess:+.2f}%)",
          "within 1% of the optimum", abs(excess) <= 0.01),
-        eta_row(r),
+        eta_check("tuned GD eta is the optimal eta", r["gd_eta"], r["optimal_eta"]),
         ("predictions match GD (preds diff ~ 0)", fmt(r["preds_diff"]), "< 5% of GD's RMS error",
          r["preds_diff"]["mean"] < 0.05 * np.sqrt(2 * r["gd_loss"]["mean"])),
         ("sensitivities align (model cos ~ 1)", fmt(r["model_cos"]), ">= 0.99", r["model_cos"]["mean"] >= 0.99),
@@ -176,48 +188,28 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
     ]
 
 
-def eta_row(r: dict) -> tuple[str, str, str, bool]:
-    """The line-searched GD rate against the closed-form optimum (a claim, and a smoke check)."""
-    return ("tuned GD eta is the optimal eta", f"line search {r['gd_eta']:.4f}, closed form {r['optimal_eta']:.4f}",
-            "within 5%", abs(r["gd_eta"] / r["optimal_eta"] - 1) <= 0.05)
-
-
-def smoke_rows(r: dict) -> list[tuple[str, str, str, bool]]:
+def smoke_rows(r: dict) -> list[ClaimRow]:
     """The weaker criteria of a smoke run (``--quick``): finite numbers, GD's rate as theory says,
     and a trained layer well below predicting 0."""
-    return [finite_check(r), eta_row(r), beats_zero_check("the LSA", {"trained LSA": r["trained_loss"]}, r["zero_predictor_loss"])]
+    return [finite_check(r), eta_check("tuned GD eta is the optimal eta", r["gd_eta"], r["optimal_eta"]),
+            beats_zero_check("the LSA", {"trained LSA": r["trained_loss"]}, r["zero_predictor_loss"])]
 
 
-def exit_code(r: dict) -> int:
-    """0 when every claim holds (every smoke check, for a smoke run), else 1."""
-    return output.exit_code(r, comparison_rows, smoke_rows)
-
-
-def table(r: dict) -> str:
-    return results_tables(r, comparison_rows, smoke_rows)
-
-
-def report(r: dict) -> str:
+def setting_text(r: dict) -> str:
     s = r["setting"]
+    return f"""Setting: d = N = 10, inputs {r['x_scale']}, w ~ N(0, I), no label noise; one layer, one head,
+key size 11, no query attention; Adam lr 1e-3 with cosine decay, batch 2048, {s['steps']} steps,
+seed {s['seed']}, backend `{s['backend']}`, sampler `{s['sampler']}`. Evaluation on {s['val_tasks']} validation tasks,
+every comparison paired on those tasks; ± is one standard error over tasks.
+Training took {r['train_seconds']:.0f} s, evaluation {r['eval_seconds']:.0f} s."""
+
+
+def sections(r: dict) -> str:
     ood_lines = "\n".join(
         f"| {row['alpha']:g} | {fmt(row['model_loss'])} | {fmt(row['gd_loss'])} |" for row in r["ood_input_scale"]
     )
     interp_lines = "\n".join(f"| {row['alpha']:g} | {fmt(row['loss'])} |" for row in r["interpolation"])
-    figures = "".join(f"\n![{name}]({name})" for name in r["figures"])
-    title = " (smoke run, --quick)" if output.is_smoke(r) else ""
-    return f"""# One trained LSA layer = one step of gradient descent{title}
-
-Claim (von Oswald et al. 2023, Sec. 3, Fig. 2): {r['claim']}.
-
-Setting: d = N = 10, inputs {r['x_scale']}, w ~ N(0, I), no label noise; one layer, one head,
-key size 11, no query attention; Adam lr 1e-3 with cosine decay, batch 2048, {s['steps']} steps,
-seed {s['seed']}, backend `{s['backend']}`, sampler `{s['sampler']}`. Evaluation on {s['val_tasks']} validation tasks,
-every comparison paired on those tasks; ± is one standard error over tasks.
-Training took {r['train_seconds']:.0f} s, evaluation {r['eval_seconds']:.0f} s.
-
-{table(r)}
-
-The trained model's expected loss is estimated as the closed-form optimum plus the paired
+    return f"""The trained model's expected loss is estimated as the closed-form optimum plus the paired
 difference to GD at eta* = {r['optimal_eta']:.4f} on the same tasks (GD at eta* has a known
 expected loss, so this removes the task-sampling noise of {r['trained_loss']['stderr']:.4f} in the raw validation loss).
 
@@ -235,6 +227,10 @@ Every input (context and query) from U(-alpha a, alpha a); GD keeps the eta tune
 
 | alpha | trained LSA | GD |
 |---|---|---|
-{ood_lines}
-{figures}
-"""
+{ood_lines}"""
+
+
+EXPERIMENT = Experiment(claim="a trained one-layer LSA equals one step of GD with the best learning rate",
+                        title="One trained LSA layer = one step of gradient descent", source="von Oswald et al. 2023, Sec. 3, Fig. 2",
+                        measure=measure, claims=comparison_rows, checks=smoke_rows, setting_text=setting_text, sections=sections)
+run, table, exit_code, report = EXPERIMENT.run, EXPERIMENT.table, EXPERIMENT.exit_code, EXPERIMENT.report

@@ -36,17 +36,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from iclgd import baselines, metrics, plots, runio
 from iclgd._checks import finite_float, nonnegative_int, positive_int
-from iclgd.backends import fastest_backend, get_backend
+from iclgd.backends import fastest_backend
 from iclgd.config import RunConfig, TrainConfig
-from iclgd.experiments import output
-from iclgd.experiments.output import beats_zero_check, finite_check, fmt, results_tables, write_outputs, zero_predictor_loss
+from iclgd.experiments.output import ClaimRow, beats_zero_check, eta_check, finite_check, fmt, x_scale_name, zero_predictor_loss
+from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.evaluate import DEFAULT_ALPHAS, compare_with_gd, stream, tune_gd_eta, validation_batch
-from iclgd.experiments.one_layer import x_scale_name
 from iclgd.models import LSAConfig
 from iclgd.tasks import X_DISTRIBUTIONS, LinearRegressionTask, resolve_x_scale, x_distribution_name
 from iclgd.train import train
@@ -67,10 +67,14 @@ Z = 4.0  # "significantly": at least 4 standard errors, as in `iclgd check`
 
 
 @dataclass(frozen=True)
-class OODSetting:
+class OODSetting(Setting):
     """The paper's one-layer setting (d = N = 10) and the shifts to test; ``backend`` defaults to
-    the fastest installed one (numba, else jax, else numpy); ``smoke`` marks a smoke run
-    (``quick``), judged by ``smoke_rows`` instead of the paper's claims."""
+    the fastest installed one (numba, else jax, else numpy); ``quick()`` is a smoke run of seconds:
+    short training (long enough to move both models well below predicting 0), small evaluations,
+    judged by ``smoke_rows`` instead of the paper's claims."""
+
+    QUICK: ClassVar[dict] = dict(steps=300, val_tasks=2000, tune_tasks=10_000, duel_tasks=2000)
+    TASK_COUNTS: ClassVar[tuple[str, ...]] = ("val_tasks", "tune_tasks", "duel_tasks")
 
     steps: int = 5000
     seed: int = 0
@@ -88,11 +92,7 @@ class OODSetting:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise fields once, here
-        if not isinstance(self.smoke, bool):
-            raise ValueError(f"smoke must be True or False; got {self.smoke!r}")
-        for name in ("val_tasks", "tune_tasks", "duel_tasks"):
-            if positive_int(name, getattr(self, name)) < 2:
-                raise ValueError(f"{name} must be >= 2 (a standard error needs two tasks); got {getattr(self, name)}")
+        self.check_common()
         set_(self, "x_scale", resolve_x_scale(self.x_scale))
         n_context = self.task().n_context
         if not 1 <= positive_int("n_train_distractors", self.n_train_distractors) <= n_context:
@@ -109,12 +109,6 @@ class OODSetting:
         set_(self, "distributions", distributions)
         for model in MODELS:
             self.run_config(model)  # validates the task, model and training settings
-
-    @classmethod
-    def quick(cls, **changes) -> "OODSetting":
-        """A smoke run of seconds: short training (long enough to move both models well below
-        predicting 0), small evaluations."""
-        return cls(**(dict(steps=300, val_tasks=2000, tune_tasks=10_000, duel_tasks=2000, smoke=True) | changes))
 
     def task(self, n_distractors: int = 0) -> LinearRegressionTask:
         return LinearRegressionTask(d=10, n_context=10, x_scale=self.x_scale, n_distractors=n_distractors)
@@ -180,10 +174,8 @@ def head_to_head(backend, cfg: LSAConfig, params: dict[str, dict], etas: dict[st
     return rows
 
 
-def run(out_dir: str | Path, setting: OODSetting, quiet: bool = False) -> dict:
-    """Train both models (or resume them) in ``out_dir``, evaluate every shift, write the outputs."""
-    out_dir = Path(out_dir)
-    backend = get_backend(setting.backend)
+def measure(out_dir: Path, setting: OODSetting, backend, quiet: bool) -> Measured:
+    """Train both models (or resume them) in ``out_dir``, then evaluate every shift."""
     configs = {name: setting.run_config(name) for name in MODELS}
     params, train_seconds = {}, {}
     for name, config in configs.items():
@@ -207,8 +199,6 @@ def run(out_dir: str | Path, setting: OODSetting, quiet: bool = False) -> dict:
     clean_task = configs["clean"].task
     optimum = baselines.one_step_optimum(clean_task.d, clean_task.n_context, clean_task.x_scale)
     results = {
-        "claim": "out of distribution, trained one-layer LSA models degrade as one step of GD does",
-        "setting": asdict(setting),
         "x_scale": x_scale_name(setting.x_scale),
         "optimal_eta_clean": optimum.eta,
         "models": models,
@@ -222,7 +212,7 @@ def run(out_dir: str | Path, setting: OODSetting, quiet: bool = False) -> dict:
         row_key, what = SWEEPS[key]
         return lambda path: plots.ood_sweep(path, sweeps[key], row_key, what, band=OOD_GAP)
 
-    return write_outputs(out_dir, results, {FIGURES[key]: drawing(key) for key in SWEEPS}, report, comparison_rows, smoke_rows)
+    return Measured(results, {FIGURES[key]: drawing(key) for key in SWEEPS})
 
 
 # --- the comparison with the paper ----------------------------------------------------------------
@@ -242,8 +232,8 @@ def worst_gap(r: dict, key: str) -> tuple[float, str]:
     return max(gaps)
 
 
-def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
-    """(paper's statement, our number, our criterion, holds?) for the report and the console."""
+def comparison_rows(r: dict) -> list[ClaimRow]:
+    """The paper's claims: (paper's statement, our number, our criterion, holds?)."""
     rows = []
     for name in MODELS:
         own = r["models"][name]["in_distribution"]
@@ -271,25 +261,13 @@ def comparison_rows(r: dict) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
-def smoke_rows(r: dict) -> list[tuple[str, str, str, bool]]:
+def smoke_rows(r: dict) -> list[ClaimRow]:
     """The weaker criteria of a smoke run (``--quick``): finite numbers, the clean task's line-searched
     GD rate at the closed-form optimum, and both models well below predicting 0 in distribution."""
-    eta, optimum = r["models"]["clean"]["gd_eta"], r["optimal_eta_clean"]
     trained = [beats_zero_check(f"the {name} LSA (in distribution)", {name: r["models"][name]["in_distribution"]["model_loss"]},
                                 r["models"][name]["zero_predictor_loss"]) for name in MODELS]
-    return [finite_check(r), (
-        "the clean task's line-searched GD eta is the optimal eta", f"line search {eta:.4f}, closed form {optimum:.4f}",
-        "within 5%", abs(eta / optimum - 1) <= 0.05,
-    ), *trained]
-
-
-def exit_code(r: dict) -> int:
-    """0 when every claim holds (every smoke check, for a smoke run), else 1: what `iclgd reproduce ood` returns."""
-    return output.exit_code(r, comparison_rows, smoke_rows)
-
-
-def table(r: dict) -> str:
-    return results_tables(r, comparison_rows, smoke_rows)
+    return [finite_check(r), eta_check("the clean task's line-searched GD eta is the optimal eta", r["models"]["clean"]["gd_eta"],
+                                       r["optimal_eta_clean"]), *trained]
 
 
 def sweep_table(r: dict, key: str) -> str:
@@ -316,17 +294,11 @@ def head_to_head_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def report(r: dict) -> str:
+def setting_text(r: dict) -> str:
     s = r["setting"]
     m = r["models"]
-    figures = {key: (f"\n![{name}]({name})\n" if name in r["figures"] else "") for key, name in FIGURES.items()}
     train_time = sum(model["train_seconds"] for model in m.values())
-    title = " (smoke run, --quick)" if output.is_smoke(r) else ""
-    return f"""# Out of distribution, a trained LSA layer degrades as GD does{title}
-
-Claim (von Oswald et al. 2023, Sec. 3): {r['claim']}.
-
-Setting: d = N = 10, inputs {r['x_scale']}, w ~ N(0, I), no label noise; one layer, one head,
+    return f"""Setting: d = N = 10, inputs {r['x_scale']}, w ~ N(0, I), no label noise; one layer, one head,
 key size 11; Adam lr 1e-3 with cosine decay, batch 2048, {s['steps']} steps, seed {s['seed']},
 backend `{s['backend']}`, sampler `{s['sampler']}`. Two models: "clean", trained on the standard
 task, and "distractors", trained with {s['n_train_distractors']} of the 10 context labels replaced by N(0, 1) noise.
@@ -335,11 +307,13 @@ on that model's training distribution: eta = {m['clean']['gd_eta']:.4f} (clean; 
 {r['optimal_eta_clean']:.4f}) and {m['distractors']['gd_eta']:.4f} (distractors), fixed under every shift.
 Every comparison is on the same {s['val_tasks']} validation tasks per test distribution; ± is one
 standard error over tasks; LSA/GD - 1 is the paired difference relative to GD's loss.
-Training took {train_time:.0f} s, evaluation {r['eval_seconds']:.0f} s.
+Training took {train_time:.0f} s, evaluation {r['eval_seconds']:.0f} s."""
 
-{table(r)}
 
-## Input scale
+def sections(r: dict) -> str:
+    s = r["setting"]
+    figures = {key: (f"\n![{name}]({name})\n" if name in r["figures"] else "") for key, name in FIGURES.items()}
+    return f"""## Input scale
 
 Every input (context and query) from U(-alpha a, alpha a); the models' own training tasks otherwise.
 
@@ -365,3 +339,10 @@ second order in the rates' difference and small.
 
 {head_to_head_table(r)}
 {figures['test_distractors']}"""
+
+
+EXPERIMENT = Experiment(claim="out of distribution, trained one-layer LSA models degrade as one step of GD does",
+                        title="Out of distribution, a trained LSA layer degrades as GD does", source="von Oswald et al. 2023, Sec. 3",
+                        measure=measure, claims=comparison_rows, checks=smoke_rows, setting_text=setting_text, sections=sections,
+                        figures_inline=True)
+run, table, exit_code, report = EXPERIMENT.run, EXPERIMENT.table, EXPERIMENT.exit_code, EXPERIMENT.report

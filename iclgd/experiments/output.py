@@ -1,6 +1,6 @@
-"""What every `iclgd reproduce` experiment writes and prints the same way: the claims table,
-estimates as "mean ± stderr", the smoke-run checks of a ``--quick`` run, and the run folder's
-results.json (with its provenance and verdicts), report.md and figures.
+"""The pieces every `iclgd reproduce` experiment words the same way: estimates as "mean ± stderr",
+claim rows and their markdown tables, the verdicts results.json stores, and the checks of a smoke
+run (iclgd.experiments.skeleton puts them together).
 
 A smoke run (a setting with ``smoke = True``, what ``--quick`` builds) trains far too briefly for
 the paper's claims; it checks weaker criteria instead (every estimate finite, the baselines as
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 
-from iclgd import metrics, plots, runio
-from iclgd.provenance import provenance
+from iclgd import metrics
+from iclgd.tasks import X_SCALES
 
 #: (paper's statement, our number, our criterion, holds?)
 ClaimRow = tuple[str, str, str, bool]
@@ -31,9 +30,10 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def claims_table(rows: list[ClaimRow]) -> str:
-    """The markdown table of a run's claims, one row per claim."""
-    lines = ["| paper's statement | ours | criterion | holds |", "|---|---|---|---|"]
+def claims_table(rows: list[ClaimRow], heading: str = "paper's statement") -> str:
+    """The markdown table of a run's claims (or, with ``heading="smoke-run check"``, of a smoke
+    run's checks), one row per claim."""
+    lines = [f"| {heading} | ours | criterion | holds |", "|---|---|---|---|"]
     lines += [f"| {cell(claim)} | {cell(ours)} | {cell(criterion)} | {'yes' if ok else 'NO'} |" for claim, ours, criterion, ok in rows]
     return "\n".join(lines)
 
@@ -49,39 +49,17 @@ def is_smoke(results: dict) -> bool:
     return bool(results["setting"].get("smoke", False))
 
 
+def x_scale_name(x_scale: float) -> str:
+    """The input range as reports name it: "a = 1 (paper)", "a = 0.5 (authors_code)", "a = 2"."""
+    names = {value: name for name, value in X_SCALES.items()}
+    return f"a = {x_scale:g} ({names[x_scale]})" if x_scale in names else f"a = {x_scale:g}"
+
+
 def smoke_note(checks: list[ClaimRow]) -> str:
     """The paragraph that heads a smoke run's table and report: what it is and what it checks."""
     return ("SMOKE RUN (--quick): training far too short for the paper's claims; this run checks that the "
             "pipeline works end to end, by these weaker criteria only: " + "; ".join(row[0] for row in checks)
             + ". It exits 0 when they hold.")
-
-
-def checks_table(rows: list[ClaimRow]) -> str:
-    """The markdown table of a smoke run's checks, one row per check."""
-    lines = ["| smoke-run check | ours | criterion | holds |", "|---|---|---|---|"]
-    lines += [f"| {cell(check)} | {cell(ours)} | {cell(criterion)} | {'yes' if ok else 'NO'} |" for check, ours, criterion, ok in rows]
-    return "\n".join(lines)
-
-
-def results_tables(results: dict, claims: Rows, checks: Rows) -> str:
-    """The claims table; for a smoke run, the smoke note and checks first, and the claims below
-    them for information."""
-    if not is_smoke(results):
-        return claims_table(claims(results))
-    smoke = checks(results)
-    return "\n\n".join([smoke_note(smoke), checks_table(smoke),
-                         "The paper's claims at this run length (for information: not expected to hold, and not "
-                         "what the exit code follows):", claims_table(claims(results))])
-
-
-def deciding_rows(results: dict, claims: Rows, checks: Rows) -> list[ClaimRow]:
-    """The rows the exit code follows: the smoke checks of a smoke run, else the paper's claims."""
-    return checks(results) if is_smoke(results) else claims(results)
-
-
-def exit_code(results: dict, claims: Rows, checks: Rows) -> int:
-    """0 when every deciding row holds, else 1."""
-    return 0 if all(row[3] for row in deciding_rows(results, claims, checks)) else 1
 
 
 def verdicts(rows: list[ClaimRow]) -> list[dict]:
@@ -110,6 +88,12 @@ def finite_check(results: dict) -> ClaimRow:
     return ("every estimate is a finite number", ours, "all finite", bool(found) and not bad)
 
 
+def eta_check(statement: str, eta: float, optimum: float) -> ClaimRow:
+    """A line-searched GD rate ``eta`` against the closed-form optimum: within 5% (a claim, and a
+    smoke check: the line search is exact for one step, so short training does not matter)."""
+    return (statement, f"line search {eta:.4f}, closed form {optimum:.4f}", "within 5%", abs(eta / optimum - 1) <= 0.05)
+
+
 def zero_predictor_loss(targets: np.ndarray) -> dict:
     """The half-MSE of predicting 0 on every task: what an untrained model (small init) scores."""
     return metrics.estimate(metrics.half_squared_errors(np.zeros_like(targets), targets)).to_dict()
@@ -122,22 +106,3 @@ def beats_zero_check(what: str, losses: dict[str, dict], zero: dict) -> ClaimRow
     return (f"training moved {what} well below predicting 0", f"{ours}; predicting 0: {fmt(zero)}",
             f"at least {100 * SMOKE_MARGIN:g}% below predicting 0",
             all(loss["mean"] <= (1 - SMOKE_MARGIN) * zero["mean"] for loss in losses.values()))
-
-
-def write_outputs(out_dir: Path, results: dict, figures: dict[str, Callable[[Path], None]], report: Callable[[dict], str],
-                  claims: Rows, checks: Rows) -> dict:
-    """Draw every figure (``figures``: file name -> function drawing it to a path) if matplotlib is
-    installed and list them in ``results["figures"]``; add the run's provenance (iclgd.provenance),
-    the verdict of every claim (``claims``: results -> claim rows) and, for a smoke run, of every
-    smoke check (``checks``); then write results.json and report.md (atomically, the report last).
-    Returns ``results``."""
-    results["figures"] = list(figures) if plots.matplotlib_available() else []
-    for name in results["figures"]:
-        figures[name](out_dir / name)
-    results["provenance"] = provenance(results["setting"]["backend"])
-    results["verdicts"] = verdicts(claims(results))
-    if is_smoke(results):
-        results["smoke_checks"] = verdicts(checks(results))
-    runio.write_json(out_dir / "results.json", results)
-    runio.atomic_write_text(out_dir / "report.md", report(results))
-    return results
