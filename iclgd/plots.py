@@ -39,11 +39,16 @@ def _figure(n_panels: int = 1, width: float = 5.0, title: str = ""):
 
 
 def _log_y(ax) -> None:
-    """A log y axis whose ticks read as plain decimals (0.2, 0.3, 0.5, 1) at 1-2-3-5 steps."""
+    """A log y axis whose ticks read as plain decimals (0.2, 0.3, 0.5, 1), denser when the data
+    span less than a decade.  Call it after plotting (it reads the data's range)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    low, high = ax.get_ylim()
+    decades = np.log10(high / low) if low > 0 and high > low else 1.0
+    # a narrow range gets more ticks per decade, so that at least a few are labelled
+    subs = (1.0, 2.0, 5.0) if decades > 2 else (1.0, 2.0, 3.0, 5.0) if decades > 0.7 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -86,7 +91,7 @@ def loss_curve(path: Path, metrics_records: list[dict], checkpoints: list[dict],
     ax.legend(fontsize=7)
     late = [c for c in checkpoints if c["step"] > 0]
     _ratio_panel(ratio, [c["step"] for c in late], [[c["loss"] / gd_loss - 1.0 for c in late]], [None],
-                 ["trained LSA (validation)"], "training step (optimiser updates)", "GD")
+                 ["trained LSA (validation)"], "training step (optimiser updates)", "GD", colors=["C0"])
     _save(plt, fig, path)
 
 
@@ -119,7 +124,7 @@ def input_scale_sweep(path: Path, rows: list[dict], *, title: str = "") -> None:
     ax.legend(fontsize=8)
     gd = np.array([r["gd_loss"]["mean"] for r in rows])
     model = np.array([r["model_loss"]["mean"] for r in rows])
-    _ratio_panel(ratio, alphas, [model / gd - 1.0], [None], ["trained LSA"], "input scale alpha", "GD")
+    _ratio_panel(ratio, alphas, [model / gd - 1.0], [None], ["trained LSA"], "input scale alpha", "GD", colors=["C0"])
     _save(plt, fig, path)
 
 

@@ -38,7 +38,9 @@ from iclgd import baselines, metrics, plots
 from iclgd._checks import positive_int
 from iclgd.backends import fastest_backend
 from iclgd.config import RunConfig, TrainConfig
-from iclgd.experiments.output import ClaimRow, beats_zero_check, finite_check, fmt, zero_predictor_loss
+from iclgd.experiments.output import (
+    ClaimRow, announce, beats_zero_check, figure_title, finite_check, fmt, run_seconds, zero_predictor_loss,
+)
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.evaluate import stream, tune_gd_eta, validation_batch
 from iclgd.gd_models import LearnedGDConfig, as_lsa
@@ -179,13 +181,13 @@ def measure(out_dir: Path, setting: MultiLayerSetting, backend, quiet: bool) -> 
         trained = {}
         for model in MODELS:
             config = setting.run_config(k, model)
-            started = time.perf_counter()
             if not quiet:
                 print(f"K = {k}: training {MODEL_LABELS[model]} ({config.train.steps} steps, backend {setting.backend})", flush=True)
             state = train(out_dir / f"K{k}" / model, config, quiet=quiet, backend=backend)
-            seconds[f"K{k}/{model}"] = time.perf_counter() - started
+            seconds[f"K{k}/{model}"] = run_seconds(out_dir / f"K{k}" / model)  # summed over resumes
             trained[model] = (config.model, state.params)
         started = time.perf_counter()
+        announce(quiet, f"K = {k}: evaluating every model on {setting.val_tasks} validation tasks")
         row = evaluate_depth(backend, k, trained, tune_gd_eta(tune_batch, steps=k), batch)
         seconds[f"K{k}/evaluation"] = time.perf_counter() - started
         rows.append(row)
@@ -196,10 +198,12 @@ def measure(out_dir: Path, setting: MultiLayerSetting, backend, quiet: bool) -> 
         "seconds": seconds,
         "total_seconds": time.perf_counter() - started_all,
     }
+    kind = "recurrent (tied) K-layer LSA" if setting.tied else "K-layer LSA (untied)"
+    title = figure_title(f"{kind} against K steps of GD and GD++", task.x_scale, task.d, task.n_context)
     figures = {
-        "loss_by_depth.png": lambda path: plots.loss_by_depth(path, rows, MODEL_LABELS),
-        "loss_by_layer.png": lambda path: plots.loss_by_layer(path, rows, MODEL_LABELS),
-        "alignment_by_depth.png": lambda path: plots.alignment_by_depth(path, rows, MODEL_LABELS),
+        "loss_by_depth.png": lambda path: plots.loss_by_depth(path, rows, MODEL_LABELS, title=title),
+        "loss_by_layer.png": lambda path: plots.loss_by_layer(path, rows, MODEL_LABELS, title=title),
+        "alignment_by_depth.png": lambda path: plots.alignment_by_depth(path, rows, MODEL_LABELS, title=title),
     }
     return Measured(results, figures)
 

@@ -32,7 +32,9 @@ from iclgd.config import RunConfig, TrainConfig
 from iclgd.construct import gd_construction
 from iclgd.evaluate import Comparison, compare_with_gd, input_scale_sweep, interpolation_sweep, stream, tune_gd_eta, validation_batch
 from iclgd.metrics import Estimate
-from iclgd.experiments.output import ClaimRow, beats_zero_check, eta_check, finite_check, fmt, x_scale_name, zero_predictor_loss
+from iclgd.experiments.output import (
+    ClaimRow, announce, beats_zero_check, eta_check, figure_title, finite_check, fmt, run_seconds, x_scale_name, zero_predictor_loss,
+)
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.models import LSAConfig
 from iclgd.tasks import Batch, LinearRegressionTask
@@ -119,12 +121,13 @@ def evaluate_layer(backend, config: RunConfig, params: dict, setting: OneLayerSe
 def measure(out_dir: Path, setting: OneLayerSetting, backend, quiet: bool) -> Measured:
     """Train the layer (resumable, in ``out_dir``), then compare it with GD on the validation tasks."""
     config = setting.run_config()
-    started = time.perf_counter()
     state = train(out_dir, config, quiet=quiet, backend=backend)
-    train_seconds = time.perf_counter() - started
+    train_seconds = run_seconds(out_dir)  # summed over resumes
 
     started = time.perf_counter()
     task, cfg = config.task, config.model
+    announce(quiet, f"evaluating the trained layer against GD on {setting.val_tasks} validation tasks "
+                    "(line search, alignment over training, interpolation, input-scale sweep)")
     ev = evaluate_layer(backend, config, state.params, setting, out_dir)
     tuned, at_optimum, optimum = ev.tuned, ev.at_optimum, ev.optimum
     results = {
@@ -154,11 +157,16 @@ def measure(out_dir: Path, setting: OneLayerSetting, backend, quiet: bool) -> Me
     results["eval_seconds"] = time.perf_counter() - started
 
     runio.save_params(out_dir / "params.npz", state.params)
+    def title(what: str) -> str:
+        return figure_title(what, task.x_scale, task.d, task.n_context)
+
     figures = {
         "loss.png": lambda path: plots.loss_curve(path, runio.read_jsonl(out_dir / "metrics.jsonl"), ev.curve,
-                                                  tuned.gd_loss.mean, optimum.half_mse),
-        "alignment.png": lambda path: plots.alignment_curve(path, ev.curve),
-        "ood.png": lambda path: plots.input_scale_sweep(path, results["ood_input_scale"]),
+                                                  tuned.gd_loss.mean, optimum.half_mse,
+                                                  title=title("one trained LSA layer against one GD step")),
+        "alignment.png": lambda path: plots.alignment_curve(path, ev.curve, title=title("trained LSA layer against GD")),
+        "ood.png": lambda path: plots.input_scale_sweep(path, results["ood_input_scale"],
+                                                        title=title("inputs scaled by alpha at test time")),
     }
     return Measured(results, figures)
 

@@ -40,11 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from iclgd import baselines, metrics, plots, runio
+from iclgd import baselines, metrics, plots
 from iclgd._checks import finite_float, nonnegative_int, positive_int
 from iclgd.backends import fastest_backend
 from iclgd.config import RunConfig, TrainConfig
-from iclgd.experiments.output import ClaimRow, beats_zero_check, eta_check, finite_check, fmt, x_scale_name, zero_predictor_loss
+from iclgd.experiments.output import (
+    ClaimRow, announce, beats_zero_check, eta_check, figure_title, finite_check, fmt, run_seconds, x_scale_name, zero_predictor_loss,
+)
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.evaluate import DEFAULT_ALPHAS, compare_with_gd, stream, tune_gd_eta, validation_batch
 from iclgd.models import LSAConfig
@@ -180,10 +182,10 @@ def measure(out_dir: Path, setting: OODSetting, backend, quiet: bool) -> Measure
     params, train_seconds = {}, {}
     for name, config in configs.items():
         params[name] = train(out_dir / name, config, quiet=quiet, backend=backend).params
-        log = runio.read_jsonl(out_dir / name / "metrics.jsonl")  # wall time summed over resumes
-        train_seconds[name] = log[-1]["wall_time"] if log else 0.0
+        train_seconds[name] = run_seconds(out_dir / name)  # summed over resumes
 
     started = time.perf_counter()
+    announce(quiet, f"evaluating both models under every shift on {setting.val_tasks} validation tasks each")
     cfg = configs["clean"].model
     models, sweeps = {}, {key: {} for key in SWEEPS}
     for name, config in configs.items():
@@ -210,7 +212,8 @@ def measure(out_dir: Path, setting: OODSetting, backend, quiet: bool) -> Measure
 
     def drawing(key):
         row_key, what = SWEEPS[key]
-        return lambda path: plots.ood_sweep(path, sweeps[key], row_key, what, band=OOD_GAP)
+        title = figure_title(f"trained LSA layers and GD under a shift: {what}", clean_task.x_scale, clean_task.d, clean_task.n_context)
+        return lambda path: plots.ood_sweep(path, sweeps[key], row_key, what, band=OOD_GAP, title=title)
 
     return Measured(results, {FIGURES[key]: drawing(key) for key in SWEEPS})
 

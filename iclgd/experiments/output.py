@@ -9,11 +9,13 @@ and its exit code follows those checks."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
-from iclgd import metrics
+from iclgd import metrics, runio
 from iclgd.tasks import X_SCALES
 
 #: (paper's statement, our number, our criterion, holds?)
@@ -47,6 +49,25 @@ SMOKE_MARGIN = 0.10
 def is_smoke(results: dict) -> bool:
     """Whether ``results`` come from a smoke run (``--quick``)."""
     return bool(results["setting"].get("smoke", False))
+
+
+def announce(quiet: bool, message: str) -> None:
+    """Say on stderr which phase an experiment has reached (unless quiet): training shows its own
+    progress, the evaluations between and after it would otherwise look like a hang."""
+    if not quiet:
+        print(f"iclgd: {message}", file=sys.stderr, flush=True)
+
+
+def run_seconds(run_dir: Path) -> float:
+    """The training time of a run directory, summed over every process that trained it (the
+    wall_time of its last metrics line; 0 when nothing was logged)."""
+    log = runio.read_jsonl(Path(run_dir) / "metrics.jsonl")
+    return float(log[-1]["wall_time"]) if log else 0.0
+
+
+def figure_title(what: str, x_scale: float, d: int, n_context: int) -> str:
+    """A figure's heading: what it shows and the task it was measured on."""
+    return f"{what}; x ~ U(-a, a)^d with {x_scale_name(x_scale)}, d = {d}, N = {n_context}"
 
 
 def x_scale_name(x_scale: float) -> str:
