@@ -32,10 +32,12 @@ and half-MSE* = 0.8249.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
-from iclgd._checks import finite_array, finite_float, nonnegative_int, positive_int
+from iclgd import limits
+from iclgd._checks import finite_array, finite_float, max_abs, nonnegative_int, positive_int
 from iclgd.tasks import resolve_x_scale
 from iclgd.tokens.constructed import split as split_tokens  # (B, N+1, d+1) -> X (B,N,d), y (B,N), x_q (B,d)
 
@@ -52,11 +54,37 @@ def _initial_weights(w0: object, batch_size: int, d: int) -> np.ndarray:
     raise ValueError(f"w0 must have shape (d,) = ({d},) or (B, d) = ({batch_size}, {d}); got {w0.shape}")
 
 
+def _steps(steps: object) -> int:
+    """The number of GD steps: an integer in 0..limits.MAX_GD_STEPS."""
+    return nonnegative_int("steps", steps, maximum=limits.MAX_GD_STEPS)
+
+
+def _finite_result(caller: str, result: np.ndarray, tokens: object, **arguments) -> np.ndarray:
+    """``result``, or ValueError naming the inputs when the computation overflowed float64
+    (the inputs are finite, so a NaN/inf is an overflow: GD diverging at a large rate, or huge
+    tokens)."""
+    if np.isfinite(result).all():
+        return result
+    arguments = {name: value for name, value in arguments.items() if value is not None}
+    suspects = [f"tokens (largest |entry| {max_abs(np.asarray(tokens, dtype=np.float64)):.3g})", *arguments]
+    given = "".join(f", {name} = {value}" for name, value in arguments.items() if np.ndim(value) == 0)
+    n_bad = np.size(result) - np.count_nonzero(np.isfinite(result))
+    raise ValueError(
+        f"{', '.join(suspects[:-1])} or {suspects[-1]} too large: {caller} overflows float64 "
+        f"({n_bad} of {np.size(result)} results NaN/inf{given})"
+        if len(suspects) > 1 else f"{suspects[0]} too large: {caller} overflows float64 ({n_bad} of {np.size(result)} results NaN/inf)"
+    )
+
+
 def step_rates(name: str, rate: object, steps: int) -> np.ndarray:
     """A rate per step, (steps,) float64: a number is used for every step, a sequence must have one
     entry per step (learned per-step rates, iclgd.gd_models)."""
-    if np.ndim(rate) == 0:
-        return np.full(steps, finite_float(name, rate))
+    try:
+        scalar = np.ndim(rate) == 0
+    except (ValueError, TypeError):  # a ragged sequence: finite_array words the error
+        scalar = False
+    if scalar:
+        return np.full(steps, finite_float(name, rate.item() if isinstance(rate, np.ndarray) else rate))
     rate = finite_array(name, rate, ndim=1).astype(np.float64)
     if rate.shape != (steps,):
         raise ValueError(f"{name} must be a number or have one entry per step, shape ({steps},); got shape {rate.shape}")
@@ -65,22 +93,26 @@ def step_rates(name: str, rate: object, steps: int) -> np.ndarray:
 
 def gd_weights(tokens: object, eta: object, steps: int = 1, w0: object = None) -> np.ndarray:
     """The weights W_K (B, d) after ``steps`` GD steps with rate ``eta`` (a number, or one per
-    step: eta_t for step t) on each context."""
+    step: eta_t for step t) on each context.  Raises ValueError when GD overflows float64."""
     x, y, _ = split_tokens(tokens)
-    steps = nonnegative_int("steps", steps)
+    steps = _steps(steps)
     etas = step_rates("eta", eta, steps)
     n_context = x.shape[1]
     w = _initial_weights(w0, x.shape[0], x.shape[2])
-    for eta_t in etas:
-        residual = np.einsum("bnd,bd->bn", x, w) - y  # W x_i - y_i
-        w = w - (eta_t / n_context) * np.einsum("bn,bnd->bd", residual, x)
-    return w
+    with np.errstate(over="ignore", invalid="ignore"):
+        for eta_t in etas:
+            residual = np.einsum("bnd,bd->bn", x, w) - y  # W x_i - y_i
+            w = w - (eta_t / n_context) * np.einsum("bn,bnd->bd", residual, x)
+    return _finite_result("gd_weights", w, tokens, eta=eta, steps=steps, w0=w0)
 
 
 def gd_predict(tokens: object, eta: object, steps: int = 1, w0: object = None) -> np.ndarray:
     """Prediction W_K x_q (B,) of ``steps`` GD steps from ``w0`` (default 0) on each context."""
     _, _, x_query = split_tokens(tokens)
-    return np.einsum("bd,bd->b", gd_weights(tokens, eta, steps, w0), x_query)
+    weights = gd_weights(tokens, eta, steps, w0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        prediction = np.einsum("bd,bd->b", weights, x_query)
+    return _finite_result("gd_predict", prediction, tokens, eta=eta, steps=steps, w0=w0)
 
 
 def gdpp_predict(tokens: object, eta: object, gamma: object, steps: int = 1, w0: object = None) -> np.ndarray:
@@ -92,25 +124,30 @@ def gdpp_predict(tokens: object, eta: object, gamma: object, steps: int = 1, w0:
 
     for the N context tokens and the query, which starts as (x_q, -W0 x_q); returns minus the
     query's final y-slot.  gamma is divided by N like eta; gamma = 0 gives ``gd_predict``.
-    ``eta`` and ``gamma`` are numbers or one rate per step ((steps,) sequences).
+    ``eta`` and ``gamma`` are numbers or one rate per step ((steps,) sequences).  Raises
+    ValueError when the Gram matrices (B, N, N) would not fit in memory (``iclgd.limits``) or
+    the recursion overflows float64.
     """
     x, y, x_query = split_tokens(tokens)
-    steps = nonnegative_int("steps", steps)
+    steps = _steps(steps)
     etas, gammas = step_rates("eta", eta, steps), step_rates("gamma", gamma, steps)
     batch_size, n_context, d = x.shape
-    w0 = _initial_weights(w0, batch_size, d)
-    y_query = -np.einsum("bd,bd->b", x_query, w0)
-    for eta, gamma in zip(etas, gammas):
-        gram = x @ x.swapaxes(-1, -2)  # (B, N, N): x_i . x_j
-        query_gram = np.einsum("bnd,bd->bn", x, x_query)  # (B, N): x_i . x_q
-        residual = np.einsum("bnd,bd->bn", x, w0) - y  # W0 x_i - y_i, from the old tokens
-        x, x_query, y, y_query = (
-            x - (gamma / n_context) * (gram @ x),
-            x_query - (gamma / n_context) * np.einsum("bn,bnd->bd", query_gram, x),
-            y + (eta / n_context) * np.einsum("bij,bj->bi", gram, residual),
-            y_query + (eta / n_context) * np.einsum("bn,bn->b", query_gram, residual),
-        )
-    return -y_query
+    limits.check_bytes(f"tokens of shape {(batch_size, n_context + 1, d + 1)}", limits.gdpp_bytes(batch_size, n_context, d),
+                       f"GD++ with its Gram matrices (B, N, N) = ({batch_size}, {n_context}, {n_context})")
+    w0_given, w0 = w0, _initial_weights(w0, batch_size, d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y_query = -np.einsum("bd,bd->b", x_query, w0)
+        for eta, gamma in zip(etas, gammas):
+            gram = x @ x.swapaxes(-1, -2)  # (B, N, N): x_i . x_j
+            query_gram = np.einsum("bnd,bd->bn", x, x_query)  # (B, N): x_i . x_q
+            residual = np.einsum("bnd,bd->bn", x, w0) - y  # W0 x_i - y_i, from the old tokens
+            x, x_query, y, y_query = (
+                x - (gamma / n_context) * (gram @ x),
+                x_query - (gamma / n_context) * np.einsum("bn,bnd->bd", query_gram, x),
+                y + (eta / n_context) * np.einsum("bij,bj->bi", gram, residual),
+                y_query + (eta / n_context) * np.einsum("bn,bn->b", query_gram, residual),
+            )
+    return _finite_result("gdpp_predict", -y_query, tokens, eta=etas, gamma=gammas, steps=steps, w0=w0_given)
 
 
 def ridge_weights(tokens: object, ridge: float) -> np.ndarray:
@@ -124,21 +161,32 @@ def ridge_weights(tokens: object, ridge: float) -> np.ndarray:
     """
     x, y, _ = split_tokens(tokens)
     ridge = finite_float("ridge", ridge, nonnegative=True)
-    u, s, vt = np.linalg.svd(x, full_matrices=False)  # (B, N, r), (B, r), (B, r, d)
-    if ridge > 0:
-        gain = s / (s**2 + ridge)
-    else:
-        cutoff = max(x.shape[1], x.shape[2]) * np.finfo(np.float64).eps * s[:, :1]
-        keep = s > cutoff
-        gain = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
-    coefficients = gain * np.einsum("bnr,bn->br", u, y)
-    return np.einsum("brd,br->bd", vt, coefficients)
+    try:
+        u, s, vt = np.linalg.svd(x, full_matrices=False)  # (B, N, r), (B, r), (B, r, d)
+    except np.linalg.LinAlgError as error:
+        raise ValueError(f"tokens (largest |entry| {max_abs(x):.3g}) defeat the SVD of their contexts: {error}") from None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if ridge > 0:
+            gain = s / (s**2 + ridge)
+            if not np.isfinite(gain).all():  # s^2 overflowed (huge inputs): the same gain, written as 1 / (s + ridge / s)
+                positive = np.where(s > 0, s, 1.0)
+                gain = np.where(s > 0, 1.0 / (positive + ridge / positive), 0.0)
+        else:
+            cutoff = max(x.shape[1], x.shape[2]) * np.finfo(np.float64).eps * s[:, :1]
+            keep = s > cutoff
+            gain = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+        coefficients = gain * np.einsum("bnr,bn->br", u, y)
+        weights = np.einsum("brd,br->bd", vt, coefficients)
+    return _finite_result("ridge_weights", weights, tokens, ridge=ridge)
 
 
 def ridge_predict(tokens: object, ridge: float) -> np.ndarray:
     """Ridge regression's prediction w . x_q, (B,)."""
     _, _, x_query = split_tokens(tokens)
-    return np.einsum("bd,bd->b", ridge_weights(tokens, ridge), x_query)
+    weights = ridge_weights(tokens, ridge)
+    with np.errstate(over="ignore", invalid="ignore"):
+        prediction = np.einsum("bd,bd->b", weights, x_query)
+    return _finite_result("ridge_predict", prediction, tokens, ridge=ridge)
 
 
 def least_squares_predict(tokens: object) -> np.ndarray:
@@ -161,25 +209,83 @@ class OneStepOptimum:
 def one_step_optimum(
     d: int, n_context: int, x_scale: float | str = 1.0, w_scale: float = 1.0, noise_std: float = 0.0
 ) -> OneStepOptimum:
-    """Closed-form optimal rate and loss of one GD step for the task family (module doc)."""
+    """Closed-form optimal rate and loss of one GD step for the task family (module doc).
+
+    Evaluated in float64 as the formula reads (the numbers every recorded result holds) and
+    checked against exact rational arithmetic; where the float evaluation overflows or underflows
+    (huge or tiny x_scale), the exact value rounded once is returned instead, and ValueError when
+    eta* or the MSE itself is beyond float64."""
+    eta, mse = _closed_form(d, n_context, x_scale, w_scale, noise_std)
+    floats = _closed_form_in_floats(d, n_context, x_scale, w_scale, noise_std)
+    if floats is not None and all(_close(f, exact) for f, exact in zip(floats, (eta, mse))):
+        return OneStepOptimum(eta=floats[0], mse=floats[1])  # the float formula, to the last bit as it always was
+    return OneStepOptimum(eta=_to_float("eta*", eta, x_scale, w_scale, noise_std),
+                          mse=_to_float("the MSE", mse, x_scale, w_scale, noise_std))
+
+
+def _closed_form_in_floats(d, n_context, x_scale, w_scale, noise_std) -> tuple[float, float] | None:
+    """(eta*, MSE*) in float64 arithmetic (checked arguments), or None where a power overflows."""
+    n, a = n_context, resolve_x_scale(x_scale)
+    try:
+        sw2, sigma2 = float(w_scale) ** 2, float(noise_std) ** 2
+        s2, m4 = a**2 / 3.0, a**4 / 5.0
+        curvature = (d / n) * s2 * (sw2 * (m4 + (n + d - 2) * s2**2) + sigma2 * s2)
+        slope = sw2 * d * s2**2
+        offset = sw2 * d * s2 + sigma2
+        if curvature == 0:
+            return 0.0, offset
+        return slope / curvature, offset - slope**2 / curvature
+    except (OverflowError, ZeroDivisionError):
+        return None
+
+
+def _close(value: float, exact: Fraction) -> bool:
+    """Whether a float64 result is finite and within 1e-12 (relative) of the exact value."""
+    if not np.isfinite(value):
+        return False
+    if exact == 0:
+        return value == 0
+    return abs(Fraction(value) - exact) <= abs(exact) / 10**12
+
+
+def _closed_form(d, n_context, x_scale, w_scale, noise_std) -> tuple[Fraction, Fraction]:
+    """(eta*, MSE*) exactly, from checked arguments (module doc)."""
     d, n = positive_int("d", d), positive_int("n_context", n_context)
-    a = resolve_x_scale(x_scale)
-    sw2 = finite_float("w_scale", w_scale, nonnegative=True) ** 2
-    sigma2 = finite_float("noise_std", noise_std, nonnegative=True) ** 2
-    s2, m4 = a**2 / 3.0, a**4 / 5.0
-    curvature = (d / n) * s2 * (sw2 * (m4 + (n + d - 2) * s2**2) + sigma2 * s2)
+    a = Fraction(resolve_x_scale(x_scale))
+    sw2 = Fraction(finite_float("w_scale", w_scale, nonnegative=True)) ** 2
+    sigma2 = Fraction(finite_float("noise_std", noise_std, nonnegative=True)) ** 2
+    s2, m4 = a**2 / 3, a**4 / 5
+    curvature = Fraction(d, n) * s2 * (sw2 * (m4 + (n + d - 2) * s2**2) + sigma2 * s2)
     slope = sw2 * d * s2**2
     offset = sw2 * d * s2 + sigma2
     if curvature == 0:  # w_scale = 0 and noise 0: every prediction is exact at eta = 0
-        return OneStepOptimum(eta=0.0, mse=offset)
-    return OneStepOptimum(eta=slope / curvature, mse=offset - slope**2 / curvature)
+        return Fraction(0), offset
+    return slope / curvature, offset - slope**2 / curvature
+
+
+def _to_float(what: str, value: Fraction, x_scale, w_scale, noise_std) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(
+            f"x_scale = {x_scale!r}, w_scale = {w_scale!r} or noise_std = {noise_std!r} is too extreme: {what} of one GD "
+            f"step is beyond float64 (about 10^{int(value.numerator).bit_length() * 0.30103 - int(value.denominator).bit_length() * 0.30103:.0f})"
+        ) from None
 
 
 def optimal_eta(d: int, n_context: int, x_scale: float | str = 1.0, w_scale: float = 1.0, noise_std: float = 0.0) -> float:
     """eta* of one GD step (d = N = 10, a = 1: 50/33)."""
-    return one_step_optimum(d, n_context, x_scale, w_scale, noise_std).eta
+    eta, _ = _closed_form(d, n_context, x_scale, w_scale, noise_std)
+    floats = _closed_form_in_floats(d, n_context, x_scale, w_scale, noise_std)
+    if floats is not None and _close(floats[0], eta):
+        return floats[0]
+    return _to_float("eta*", eta, x_scale, w_scale, noise_std)
 
 
 def optimal_loss(d: int, n_context: int, x_scale: float | str = 1.0, w_scale: float = 1.0, noise_std: float = 0.0) -> float:
     """The half-MSE at eta* (d = N = 10, a = 1: 0.8249)."""
-    return one_step_optimum(d, n_context, x_scale, w_scale, noise_std).half_mse
+    _, mse = _closed_form(d, n_context, x_scale, w_scale, noise_std)
+    floats = _closed_form_in_floats(d, n_context, x_scale, w_scale, noise_std)
+    if floats is not None and _close(floats[1], mse):
+        return 0.5 * floats[1]
+    return _to_float("the half-MSE", mse / 2, x_scale, w_scale, noise_std)

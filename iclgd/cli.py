@@ -108,8 +108,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.seeds is None:
         run_dirs, configs = [Path(args.out)], [config]
     else:
-        if args.seeds < 1:
-            raise ValueError(f"--seeds must be a positive integer; got {args.seeds}")
+        _check_seeds(config, args.seeds)
         seeds = [config.train.seed + i for i in range(args.seeds)]
         configs = [dataclasses.replace(config, train=dataclasses.replace(config.train, seed=s)) for s in seeds]
         run_dirs = [Path(args.out) / f"seed_{s}" for s in seeds]
@@ -119,6 +118,35 @@ def _train(args: argparse.Namespace) -> int:
         loss_text = "no loss logged" if loss is None else f"final loss {loss:.6g}"
         print(f"{run_dir}: trained {state.step} steps, {loss_text}; checkpoints in {run_dir / 'checkpoints'}")
     return 0
+
+
+def _check_seeds(config, n_seeds: int) -> None:
+    """Refuse a --seeds count that cannot run, before anything is written: each seed's number
+    must fit int64, each run holds its directory's lock (an open file) while training, and every
+    run's state (all of their steps at once on jax, which vmaps them) must fit in memory."""
+    from iclgd import limits
+    from iclgd._checks import INT64_MAX
+
+    if n_seeds < 1:
+        raise ValueError(f"--seeds must be a positive integer; got {n_seeds}")
+    first = config.train.seed
+    if first + n_seeds - 1 > INT64_MAX:
+        raise ValueError(f"--seeds {n_seeds} from [train] seed {first} runs past the largest seed 2**63 - 1; got a last seed of {first + n_seeds - 1}")
+    files = limits.open_files_limit()
+    if files is not None and n_seeds > files - limits.RESERVED_FILES:
+        raise ValueError(
+            f"--seeds {n_seeds} is too many for this process: each run holds its directory's lock (an open file) while "
+            f"training, and it may open {files} files (ulimit -n), {limits.RESERVED_FILES} of them kept for everything else; "
+            f"use at most {max(0, files - limits.RESERVED_FILES)} seeds or raise the limit"
+        )
+    together = config.train.backend == "jax"
+    lsa = config.model.lsa_config() if config.model.family != "lsa" else config.model
+    limits.check_bytes(
+        f"--seeds {n_seeds}",
+        limits.seeds_bytes(config.task, lsa, config.train.batch_size, n_seeds, together=together),
+        f"training {n_seeds} runs ({'all steps at once, vmapped' if together else 'one step at a time'}; each "
+        f"{limits.lsa_shape_text(lsa, config.train.batch_size, config.task.n_context)})",
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -138,12 +166,16 @@ def default_out(name: str, quick: bool) -> str:
     return f"runs/quick/{name}" if quick else f"runs/{name}"
 
 
-def _reproduction(args: argparse.Namespace, module, setting_class, name: str, changes: dict) -> int:
-    """Build the setting (full, or ``quick`` with --quick) from the flags given, run the experiment
-    into --out (or its default folder), print its table; the exit code is the experiment's."""
+def _reproduction(args: argparse.Namespace, module, setting_class, name: str, changes: dict, evaluated=None) -> int:
+    """Build the setting (full, or ``quick`` with --quick) from the flags given, check that its
+    evaluations fit in memory (``evaluated(setting)``: the task and the deepest model it evaluates),
+    run the experiment into --out (or its default folder), print its table; the exit code is the
+    experiment's."""
     changes = {key: value for key, value in changes.items() if value is not None}
     with errors_with_flags(args):
         setting = setting_class.quick(**changes) if args.quick else setting_class(**changes)
+    if evaluated is not None:
+        _check_evaluations(setting, *evaluated(setting))
     out = args.out or default_out(name, args.quick)
     if not args.quiet:
         print(f"backend: {setting.backend}", file=sys.stderr, flush=True)
@@ -153,22 +185,43 @@ def _reproduction(args: argparse.Namespace, module, setting_class, name: str, ch
     return module.exit_code(results)
 
 
+#: The flags of the settings' task counts (the others are the setting's own, with no flag).
+COUNT_FLAGS = {"val_tasks": "--val-tasks"}
+
+
+def _check_evaluations(setting, task, lsa) -> None:
+    """Refuse a reproduction whose evaluations (validation, line search, head to head) cannot fit
+    in memory, naming the flag (--val-tasks) or the setting's field; before anything is written."""
+    from iclgd import limits
+
+    for field in getattr(setting, "TASK_COUNTS", ("val_tasks",)):
+        n_tasks, flag = getattr(setting, field), COUNT_FLAGS.get(field)
+        subject = f"{flag} {n_tasks}" if flag else f"{field} = {n_tasks} (the setting's)"
+        limits.check_bytes(subject, limits.evaluation_bytes(task, lsa, n_tasks),
+                           f"evaluating {limits.lsa_shape_text(lsa, n_tasks, task.n_context)} at once")
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from iclgd.experiments import one_layer
 
     changes = {"steps": args.steps, "seed": args.seed, "x_scale": args.x_scale, "backend": args.backend,
                "val_tasks": args.val_tasks, "sampler": args.sampler}
-    return _reproduction(args, one_layer, one_layer.OneLayerSetting, "one-layer", changes)
+    evaluated = lambda setting: (setting.run_config().task, setting.run_config().model)  # noqa: E731
+    return _reproduction(args, one_layer, one_layer.OneLayerSetting, "one-layer", changes, evaluated)
 
 
 def _reproduce_multi_layer(args: argparse.Namespace) -> int:
     from iclgd.experiments import multi_layer
 
-    changes = {"layers": _depths(args.layers), "tied": args.tied or None, "steps_per_layer": args.steps_per_layer,
+    depths = _depths(args.layers)
+    if depths is not None:
+        _check_depths(args, multi_layer.MultiLayerSetting, depths)
+    changes = {"layers": depths, "tied": args.tied or None, "steps_per_layer": args.steps_per_layer,
                "baseline_steps": args.baseline_steps, "seed": args.seed, "backend": args.backend,
                "val_tasks": args.val_tasks, "x_scale": args.x_scale}
     name = "multi-layer-tied" if args.tied else "multi-layer"
-    return _reproduction(args, multi_layer, multi_layer.MultiLayerSetting, name, changes)
+    evaluated = lambda setting: (setting.task, setting.run_config(max(setting.layers), "lsa").model)  # noqa: E731
+    return _reproduction(args, multi_layer, multi_layer.MultiLayerSetting, name, changes, evaluated)
 
 
 def _reproduce_ood(args: argparse.Namespace) -> int:
@@ -176,7 +229,8 @@ def _reproduce_ood(args: argparse.Namespace) -> int:
 
     changes = {"steps": args.steps, "seed": args.seed, "backend": args.backend, "val_tasks": args.val_tasks,
                "x_scale": args.x_scale}
-    return _reproduction(args, ood, ood.OODSetting, "ood", changes)
+    evaluated = lambda setting: (setting.task(), setting.run_config("clean").model)  # noqa: E731
+    return _reproduction(args, ood, ood.OODSetting, "ood", changes, evaluated)
 
 
 def _depths(text: str | None) -> tuple[int, ...] | None:
@@ -186,6 +240,26 @@ def _depths(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"--layers must be comma-separated positive integers such as 1,2,3; got {text!r}") from None
+
+
+def _check_depths(args: argparse.Namespace, setting_class, depths: tuple[int, ...]) -> None:
+    """Refuse --layers depths beyond limits.MAX_LAYERS, or whose deepest model cannot train in
+    memory at the setting's batch size, naming --layers (before the setting trains anything)."""
+    from iclgd import limits
+    from iclgd.models import LSAConfig
+
+    text = ",".join(map(str, depths)) if len(depths) <= 8 else f"{','.join(map(str, depths[:3]))},...,{depths[-1]} ({len(depths)} depths)"
+    for depth in depths:
+        if depth > limits.MAX_LAYERS:
+            raise ValueError(f"--layers must be depths K <= {limits.MAX_LAYERS}; got {depth} in {text}")
+    deepest = max(depths)
+    if deepest < 1:
+        return  # the setting says what a depth must be
+    defaults = setting_class.quick() if args.quick else setting_class()
+    task = defaults.task
+    lsa = LSAConfig(d=task.d, n_layers=deepest, n_heads=1, tied=args.tied, n_context=task.n_context)
+    limits.check_bytes(f"--layers {text}", limits.training_step_bytes(task, lsa, defaults.batch_size),
+                       f"training the deepest model ({limits.lsa_shape_text(lsa, defaults.batch_size, task.n_context)})")
 
 
 def _x_scale(text: str) -> float:
@@ -345,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; its exit code (EPILOG) is returned, and every failure is one line on stderr."""
     from iclgd.train import RunInterrupted, TrainingDiverged
 
-    parser = build_parser()
+    try:
+        parser = build_parser()  # builds the default settings, which check themselves
+    except (ValueError, ImportError) as error:
+        print(f"iclgd: error: {error}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

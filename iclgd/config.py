@@ -24,10 +24,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from iclgd import gd_models, limits
 from iclgd._checks import finite_float, nonnegative_int, positive_int
 from iclgd.backends import available_backends
 from iclgd.gd_models import VARIANTS, LearnedGDConfig
 from iclgd.models import LSAConfig
+from iclgd.models.lsa import check_init_scale
 from iclgd.optim import SCHEDULES, AdamConfig
 from iclgd.tasks import LinearRegressionTask
 
@@ -117,11 +119,29 @@ class RunConfig:
     train: TrainConfig
 
     def __post_init__(self) -> None:
+        for name, expected in (("task", (LinearRegressionTask,)), ("model", (LSAConfig, LearnedGDConfig)), ("train", (TrainConfig,))):
+            if not isinstance(getattr(self, name), expected):
+                kinds = " or ".join(f"{kind.__module__.split('.')[0]}.{kind.__name__}" for kind in expected)
+                raise ValueError(f"{name} must be an {kinds}; got {type(getattr(self, name)).__name__}")
         if isinstance(self.model, LearnedGDConfig) and self.train.sampler != "numpy":
             raise ValueError(
                 f"learned-rate GD models (family {self.model.family!r}) train on the host data stream: "
                 f"sampler must be 'numpy'; got sampler {self.train.sampler!r}"
             )
+        if isinstance(self.model, LearnedGDConfig):
+            gd_models.check_init_scale(self.model, self.train.init_scale, "init_scale")
+        else:
+            check_init_scale(self.model, self.train.init_scale, "init_scale")
+        lsa = self._lsa_model()
+        batch_size = self.train.batch_size
+        limits.check_bytes(
+            f"batch_size = {batch_size}", limits.training_step_bytes(self.task, lsa, batch_size),
+            f"a training step (sampling, then loss and gradient of {limits.lsa_shape_text(lsa, batch_size, self.task.n_context)})",
+        )
+
+    def _lsa_model(self) -> LSAConfig:
+        """The model as the LSA the engines compute (a learned-rate GD model through its construction)."""
+        return self.model.lsa_config() if isinstance(self.model, LearnedGDConfig) else self.model
 
 
 TABLES = {"task": LinearRegressionTask, "model": LSAConfig, "train": TrainConfig}

@@ -34,17 +34,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from iclgd._checks import finite_array, finite_float, positive_int
+from iclgd._checks import finite_array, finite_float, largest, positive_int
 from iclgd.models import LSAConfig, layer_prefixes, zero_params
+from iclgd.models.lsa import check_config
 
 
 def _initial_guess(cfg: LSAConfig, w0: object) -> np.ndarray:
     if w0 is None:
         return np.zeros(cfg.d)
-    w0 = finite_array("w0", w0).astype(np.float64)
+    w0 = finite_array("w0", w0)
     if w0.shape != (cfg.d,):
         raise ValueError(f"w0 must have shape (d,) = ({cfg.d},); got {w0.shape}")
-    return w0
+    finite_array("w0", w0, dtype=cfg.dtype)  # the weights hold w0 in cfg.dtype
+    return w0.astype(np.float64)
 
 
 def _context_size(cfg: LSAConfig, n_context: object, caller: str, why: str) -> int:
@@ -76,10 +78,17 @@ def _construction(
 ) -> dict[str, np.ndarray]:
     """Weights of the GD layer (``moves_inputs=False``: gamma unused, any value_size) or the
     GD++ layer, shared by every layer; see the module doc for the layout."""
+    check_config(cfg)
     eta = finite_float("eta", eta)
     if moves_inputs:
         gamma = finite_float("gamma", gamma)
     n_context = _context_size(cfg, n_context, caller, why)
+    for name, rate in (("eta", eta), ("gamma", gamma if moves_inputs else 0.0)):
+        if abs(rate) / n_context > largest(cfg.dtype):
+            raise ValueError(
+                f"{name} = {rate:.3g} is too large for {cfg.dtype}: the output weight {name} / N = {rate:.3g} / {n_context} "
+                f"overflows it (the largest {cfg.dtype} is {largest(cfg.dtype):.3g})"
+            )
     d = cfg.d
     if cfg.key_size < d:
         raise ValueError(f"the {label} construction needs key_size >= d = {d}; got key_size={cfg.key_size}")
@@ -171,5 +180,11 @@ def with_initial_guess(tokens: object, w0: object) -> np.ndarray:
     w0 = finite_array("w0", w0)
     if w0.shape not in ((d,), (tokens.shape[0], d)):
         raise ValueError(f"w0 must have shape (d,) or (B, d) with d = {d}; got {w0.shape}")
-    tokens[:, -1, -1] = -np.einsum("bd,bd->b", tokens[:, -1, :-1], np.broadcast_to(w0, (tokens.shape[0], d)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        tokens[:, -1, -1] = -np.einsum("bd,bd->b", tokens[:, -1, :-1], np.broadcast_to(w0, (tokens.shape[0], d)))
+    if not np.isfinite(tokens[:, -1, -1]).all():
+        raise ValueError(
+            f"w0 and tokens are too large: the initial guess -w0 . x_q overflows float64 (largest |w0| "
+            f"{np.max(np.abs(w0)):.3g}, largest |x_q| {np.max(np.abs(tokens[:, -1, :-1])):.3g})"
+        )
     return tokens

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iclgd._checks import finite_array, finite_float, float_dtype, positive_int
+from iclgd import limits
+from iclgd._checks import DRAW_BOUND, cast_finite, finite_array, finite_float, float_dtype, largest, positive_int
 from iclgd.construct import gdpp_construction
 from iclgd.models import LSAConfig, layer_prefixes
 from iclgd.models import param_shapes as lsa_param_shapes
@@ -66,14 +67,16 @@ class LearnedGDConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("d", "n_context", "n_layers"):
+        for name in ("d", "n_context"):
             set_(self, name, positive_int(name, getattr(self, name)))
+        set_(self, "n_layers", positive_int("n_layers", self.n_layers, maximum=limits.MAX_LAYERS))
         if not isinstance(self.tied, (bool, np.bool_)):
             raise ValueError(f"tied must be True or False; got {self.tied!r}")
         set_(self, "tied", bool(self.tied))
-        if self.variant not in VARIANTS:
+        if not isinstance(self.variant, str) or self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}; got {self.variant!r}")
         set_(self, "dtype", float_dtype("dtype", self.dtype).name)
+        self.lsa_config()  # the LSA form must be buildable too (its size is checked against the memory limit)
 
     @property
     def family(self) -> str:
@@ -91,6 +94,12 @@ class LearnedGDConfig:
                          tied=self.tied, include_query=False, n_context=self.n_context, dtype=self.dtype)
 
 
+def _check_config(cfg: object) -> LearnedGDConfig:
+    if not isinstance(cfg, LearnedGDConfig):
+        raise ValueError(f"cfg must be an iclgd.LearnedGDConfig; got {type(cfg).__name__}")
+    return cfg
+
+
 def param_shapes(cfg: LearnedGDConfig) -> dict[str, tuple[int, ...]]:
     names = ("eta", "gamma") if cfg.variant == "gdpp" else ("eta",)
     return {name: (cfg.n_rates,) for name in names}
@@ -99,22 +108,34 @@ def param_shapes(cfg: LearnedGDConfig) -> dict[str, tuple[int, ...]]:
 def init_params(cfg: LearnedGDConfig, seed: int | np.random.Generator = 0, scale: float = 0.002) -> dict[str, np.ndarray]:
     """Every rate ~ N(0, scale) (variance ``scale``), in ``cfg.dtype``."""
     rng = as_generator(seed)
-    scale = finite_float("scale", scale, nonnegative=True)
+    scale = check_init_scale(cfg, scale)
     return {name: (np.sqrt(scale) * rng.standard_normal(shape)).astype(cfg.dtype) for name, shape in param_shapes(cfg).items()}
 
 
+def check_init_scale(cfg: LearnedGDConfig, scale: object, name: str = "scale") -> float:
+    """``scale`` as a float, or ValueError unless it is finite, >= 0 and its draws fit ``cfg.dtype``."""
+    _check_config(cfg)
+    scale = finite_float(name, scale, nonnegative=True)
+    if DRAW_BOUND * np.sqrt(scale) > largest(cfg.dtype):
+        raise ValueError(f"{name} = {scale:.3g} is too large for {cfg.dtype}: rates sqrt({name}) N(0, 1) can reach "
+                         f"{DRAW_BOUND * np.sqrt(scale):.3g}, above the largest {cfg.dtype} {largest(cfg.dtype):.3g}")
+    return scale
+
+
 def check_params(cfg: LearnedGDConfig, params: object) -> dict[str, np.ndarray]:
-    """The rates as finite arrays of the right names and shapes; ValueError otherwise."""
+    """The rates as finite arrays of the right names and shapes that fit ``cfg.dtype``; ValueError otherwise."""
+    _check_config(cfg)
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict of rates {list(param_shapes(cfg))}; got {type(params).__name__}")
     shapes = param_shapes(cfg)
     if set(params) != set(shapes):
-        raise ValueError(f"params must have exactly the keys {sorted(shapes)}; got {sorted(params)}")
+        raise ValueError(f"params must have exactly the keys {sorted(shapes)}; got {sorted(params, key=repr)}")
     checked = {}
     for name, shape in shapes.items():
         value = finite_array(f"params[{name!r}]", params[name])
         if value.shape != shape:
             raise ValueError(f"params[{name!r}] must have shape {shape}; got {value.shape}")
+        cast_finite(f"params[{name!r}]", value, cfg.dtype)  # the rates must fit the model's dtype
         checked[name] = value
     return checked
 

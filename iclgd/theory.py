@@ -23,6 +23,12 @@ On sampled tasks the loss at any eta follows from p and y alone, and the sample'
 means whose standard error the delta method gives: the standard deviation of the influence values
 ``(p_b y_b - eta_hat p_b^2) / mean(p^2)`` over sqrt(B).
 
+**GD++, token by token.**  One GD++ step moves every token j, the N context tokens and the query
+alike, from the step's old tokens: ``x_j <- x_j - (gamma/N) sum_i (x_i . x_j) x_i`` and
+``y_j <- y_j - (eta/N) sum_i (x_i . x_j) y_i`` (sums over the context tokens i); the prediction is
+minus the query's y-slot at the end, and gamma = 0 is GD.  One LSA head does that step with the
+products ``W_QK = blockdiag(I_d, 0)`` and ``W_OV = blockdiag(-(gamma/N) I_d, -eta/N)``.
+
 **K steps of GD and GD++, in the eigenbasis of a context.**  With ``Sigma = (1/N) sum_i x_i
 x_i^T = V diag(lam) V^T``, a GD++ step (iclgd.baselines.gdpp_predict) maps the inputs to
 ``(I - gamma Sigma) x`` and leaves the eigenvectors alone, moving each eigenvalue to
@@ -40,7 +46,8 @@ of w unlearnt (gamma = 0: GD's ``(1 - eta lam)^K``), so the prediction is
 ``-g`` in the (y, y) corner of ``W_OV``: one GD step with ``eta = N c g``.  For one layer only the
 x-rows of W_QK and the y-column of W_OV reach the prediction.  The GD++ construction adds
 ``-g_x I`` on the x-block of W_OV (``gamma = N c g_x``, ``eta = N c g_y``), and in a deeper model every
-entry matters.  A reading gives those scales and the largest entry outside the pattern.
+entry matters.  A reading gives those scales and the largest entry outside the pattern (also as a
+fraction of the pattern's own scale).
 """
 from __future__ import annotations
 
@@ -132,6 +139,28 @@ class OneStepSample:
         return metrics.Estimate(eta_hat, float(influence.std(ddof=1) / np.sqrt(p.size)))
 
 
+def gdpp_token_by_token(tokens: np.ndarray, eta: float, gamma: float, steps: int) -> float:
+    """K = ``steps`` GD++ steps from W0 = 0 on one task's tokens (N + 1, d + 1), written out token
+    by token and sum by sum (the definition; iclgd.baselines.gdpp_predict is its vectorised form):
+    every token j, the N context tokens and the query alike, moves by
+    -(1/N) sum_i (x_i . x_j) (gamma x_i, eta y_i), the sum over the N context tokens i of the
+    step's old tokens.  The prediction is minus the query's y-slot at the end."""
+    e = np.array(tokens, dtype=np.float64)
+    n, d = e.shape[0] - 1, e.shape[1] - 1
+    for _ in range(steps):
+        new = e.copy()
+        for j in range(n + 1):  # context tokens 0..N-1, the query N
+            moved_x, moved_y = np.zeros(d), 0.0
+            for i in range(n):  # keys and values: the context tokens only
+                similarity = float(np.dot(e[i, :d], e[j, :d]))  # x_i . x_j
+                moved_x += similarity * e[i, :d]
+                moved_y += similarity * e[i, d]
+            new[j, :d] = e[j, :d] - (gamma / n) * moved_x
+            new[j, d] = e[j, d] - (eta / n) * moved_y
+        e = new
+    return float(-e[n, d])
+
+
 def context_spectrum(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (B, d), ascending, and eigenvectors (B, d, d) of every context's input
     covariance Sigma = (1/N) sum_i x_i x_i^T."""
@@ -163,6 +192,17 @@ def gdpp_eigenbasis_predict(tokens: np.ndarray, weights: np.ndarray, eta: float,
     _, _, x_query = baselines.split_tokens(tokens)
     factors = error_factors(lam, eta, gamma, steps)
     return np.einsum("bd,bd->b", weights, x_query) - np.einsum("bi,bik,bk,bjk,bj->b", x_query, vectors, factors, vectors, weights)
+
+
+def gdpp_products(d: int, n_context: int, eta: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The products (W_QK, W_OV), each (d + 1, d + 1), of the layer that does one GD++ step
+    (iclgd.gdpp_construction; gamma = 0: iclgd.gd_construction): W_QK = blockdiag(I_d, 0) and
+    W_OV = blockdiag(-(gamma/N) I_d, -eta/N), so that context token i sends -(1/N)(gamma x_i, eta y_i),
+    weighted by x_i . x_j, to every token j."""
+    qk, ov = np.zeros((d + 1, d + 1)), np.zeros((d + 1, d + 1))
+    qk[:d, :d] = np.eye(d)
+    ov[:d, :d], ov[d, d] = -(gamma / n_context) * np.eye(d), -eta / n_context
+    return qk, ov
 
 
 @dataclass(frozen=True)
@@ -218,6 +258,12 @@ class GDppLayerReading:
     def gamma(self, n_context: int) -> float:
         """GD++'s input rate N c g_x."""
         return n_context * self.c * self.g_x
+
+    @property
+    def relative_other(self) -> tuple[float, float, float]:
+        """Each largest entry outside the pattern as a fraction of its own scale:
+        (other_qk / |c|, other_ov_x / |g_x|, other_ov_y / |g_y|)."""
+        return self.other_qk / abs(self.c), self.other_ov_x / abs(self.g_x), self.other_ov_y / abs(self.g_y)
 
 
 def read_gdpp_layer(qk: np.ndarray, ov: np.ndarray) -> GDppLayerReading:

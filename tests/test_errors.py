@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings, strategies as st
 import iclgd
 import iclgd.backends
 from iclgd import LinearRegressionTask, LSAConfig
-from iclgd.baselines import gd_predict, gd_weights, ridge_predict, ridge_weights
+from iclgd.baselines import gd_predict, gd_weights, optimal_eta, optimal_loss, ridge_predict, ridge_weights
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -520,3 +520,206 @@ def test_gd_baselines_reject_w0_of_the_wrong_shape(function, shape):
 def test_gd_baselines_reject_a_non_finite_w0():
     with pytest.raises(ValueError, match=r"^w0 must hold only finite values"):
         gd_predict(good_tokens(), eta=1.0, w0=np.array([0.0, 0.0, np.inf]))
+
+
+# --- inputs that would silently overflow: refused, naming the argument -----------------------------
+
+
+@FAST
+@given(exponent=st.floats(306.6, 308.2), name=st.sampled_from(["noise_std", "w_scale", "x_scale"]))
+def test_task_refuses_a_scale_whose_draws_overflow_float64(exponent, name):
+    with pytest.raises(ValueError, match=rf"{name}.* too large for float64"):
+        LinearRegressionTask(**{name: 10.0**exponent})
+
+
+@FAST
+@given(w_exponent=st.floats(0.0, 300.0), x_exponent=st.floats(0.0, 300.0))
+def test_task_refuses_w_and_x_scales_whose_labels_overflow_and_accepts_those_that_fit(w_exponent, x_exponent):
+    w_scale, x_scale = 10.0**w_exponent, 10.0**x_exponent
+    labels_bound = 3 * (50 * w_scale) * (50 * x_scale)  # d (50 w_scale)(50 x_scale): no draw exceeds 50
+    if labels_bound > np.finfo(np.float64).max:
+        with pytest.raises(ValueError, match=r"^w_scale and x_scale are too large for float64: labels"):
+            LinearRegressionTask(d=3, n_context=4, w_scale=w_scale, x_scale=x_scale)
+    else:
+        batch = LinearRegressionTask(d=3, n_context=4, w_scale=w_scale, x_scale=x_scale).sample(64, seed=0)
+        assert np.isfinite(batch.tokens).all() and np.isfinite(batch.targets).all()
+
+
+@FAST
+@given(exponent=st.floats(36.9, 300.0), name=st.sampled_from(["w_scale", "x_scale", "noise_std"]))
+def test_a_float32_task_refuses_scales_whose_draws_overflow_float32(exponent, name):
+    with pytest.raises(ValueError, match=rf"{name}.* too large for float32"):
+        LinearRegressionTask(dtype="float32", **{name: 10.0**exponent})
+
+
+@pytest.mark.parametrize("build", [iclgd.gd_construction, lambda cfg, eta: iclgd.gdpp_construction(cfg, eta=0.1, gamma=eta)],
+                         ids=["gd_eta", "gdpp_gamma"])
+@FAST
+@given(n_context=st.integers(1, 5), data=st.data())
+def test_constructions_refuse_a_rate_whose_weight_overflows_the_config_dtype(build, n_context, data):
+    rate = data.draw(st.floats(4e38 * n_context, 1e300)) * data.draw(st.sampled_from([1, -1]))
+    name = "eta" if build is iclgd.gd_construction else "gamma"
+    with pytest.raises(ValueError, match=rf"^{name} = .* is too large for float32: the output weight {name} / N"):
+        build(LSAConfig(d=D, value_size=D + 1, n_context=n_context, dtype="float32"), rate)
+
+
+def test_gd_construction_refuses_a_w0_that_overflows_float32():
+    with pytest.raises(ValueError, match=r"^w0 overflows float32"):
+        iclgd.gd_construction(LSAConfig(d=D, n_context=N, dtype="float32"), eta=1.0, w0=np.array([1e39, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("name", ["scale", "init_scale"])
+def test_init_params_refuses_a_scale_whose_draws_overflow_float32(name):
+    cfg = LSAConfig(d=D, dtype="float32")
+    if name == "scale":
+        with pytest.raises(ValueError, match=r"^scale = 1e\+300 is too large for float32"):
+            iclgd.init_params(cfg, scale=1e300)
+    else:
+        from iclgd.config import ConfigError, run_config_from_dict
+
+        with pytest.raises(ConfigError, match=r"\[train\]: init_scale = 1e\+300 is too large for float32"):
+            run_config_from_dict({"model": {"dtype": "float32"}, "train": {"init_scale": 1e300}})
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gd_baselines_refuse_a_rate_at_which_gd_overflows_naming_eta(steps):
+    with pytest.raises(ValueError, match=r"^tokens \(largest \|entry\| .*\), eta or steps too large: gd_(weights|predict) overflows float64"):
+        gd_predict(good_tokens() * 1e100, eta=1e300, steps=steps)
+
+
+def test_with_initial_guess_refuses_a_w0_whose_guess_overflows():
+    with pytest.raises(ValueError, match=r"^w0 and tokens are too large"):
+        iclgd.with_initial_guess(good_tokens() * 1e200, np.full(D, 1e200))
+
+
+@pytest.mark.parametrize("x_scale", [1e-200, 1e300])
+def test_optimal_eta_refuses_an_x_scale_whose_optimum_is_beyond_float64(x_scale):
+    function = optimal_eta if x_scale < 1 else optimal_loss
+    with pytest.raises(ValueError, match=rf"^x_scale = {given_value(x_scale)}.* is too extreme"):
+        function(10, 10, x_scale)
+
+
+@FAST
+@given(exponent=st.floats(-100.0, 100.0))
+def test_optimal_eta_scales_as_one_over_x_scale_squared_without_overflow(exponent):
+    x_scale = 10.0**exponent
+    assert optimal_eta(10, 10, x_scale) * x_scale**2 == pytest.approx(50 / 33, rel=1e-12)
+
+
+@FAST
+@given(exponent=st.floats(100.0, 150.0), ridge=st.floats(0.01, 10.0))
+def test_ridge_gives_the_same_prediction_in_any_units(exponent, ridge):
+    """Scaling every token by c scales the ridge solution's prediction by c at ridge c^2 lambda
+    (no s^2 overflow at large c)."""
+    scale = 10.0**exponent
+    np.testing.assert_allclose(ridge_predict(good_tokens() * scale, ridge * scale**2) / scale,
+                               ridge_predict(good_tokens(), ridge), rtol=1e-9)
+
+
+# --- ragged lists, huge integers, configs of the wrong type --------------------------------------------
+
+RAGGED = {"ragged_rows": [[1.0, 2.0], [3.0]], "ragged_depth": [[[1.0, 2.0]], [[3.0]], 4.0]}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("ragged", RAGGED.values(), ids=RAGGED.keys())
+def test_backend_refuses_ragged_tokens_naming_them(method, ragged):
+    cfg = LSAConfig(d=D)
+    with pytest.raises(ValueError, match=r"^tokens must be a rectangular real-valued array; got a list"):
+        call(method, cfg, iclgd.init_params(cfg), ragged) if method not in ("loss", "loss_and_grad") else getattr(
+            iclgd.get_backend("numpy"), method)(cfg, iclgd.init_params(cfg), iclgd.Batch(ragged, np.zeros(2), None))
+
+
+@pytest.mark.parametrize("method", ["loss", "loss_and_grad"])
+def test_backend_refuses_ragged_targets_naming_them(method):
+    cfg = LSAConfig(d=D)
+    batch = iclgd.Batch(good_tokens(), [[0.0], [1.0, 2.0]], None)
+    with pytest.raises(ValueError, match=r"^targets must be a rectangular real-valued array"):
+        getattr(iclgd.get_backend("numpy"), method)(cfg, iclgd.init_params(cfg), batch)
+
+
+def test_backend_refuses_a_ragged_param_naming_it():
+    cfg = LSAConfig(d=1)
+    params = iclgd.init_params(cfg)
+    params["layer0.w_v"] = [[[1.0, 2.0], [3.0]]]
+    with pytest.raises(ValueError, match=r"^params\['layer0\.w_v'\] must be a rectangular real-valued array"):
+        iclgd.get_backend("numpy").predict(cfg, params, good_tokens(d=1))
+
+
+def test_backend_lists_params_whose_keys_are_not_all_strings():
+    cfg = LSAConfig(d=D)
+    params = iclgd.init_params(cfg) | {1: np.zeros(1), ("a",): np.zeros(1)}
+    with pytest.raises(ValueError, match=r"^params do not match the config.*unexpected \[") as error:
+        iclgd.get_backend("numpy").predict(cfg, params, good_tokens())
+    assert "1" in str(error.value) and "('a',)" in str(error.value)
+
+
+@pytest.mark.parametrize("name, function", [("eta", lambda v: gd_predict(good_tokens(), eta=v, steps=2)),
+                                            ("w0", lambda v: gd_predict(good_tokens(), eta=1.0, w0=v)),
+                                            ("w0", lambda v: iclgd.gd_construction(LSAConfig(d=D, n_context=N), 1.0, w0=v))])
+def test_baselines_and_constructions_refuse_ragged_sequences_naming_them(name, function):
+    with pytest.raises(ValueError, match=rf"^{name} must be a rectangular real-valued array"):
+        function([[0.1], [0.1, 0.2]])
+
+
+HUGE_INTEGERS = [2**63, 2**64, 2**70, np.uint64(2**63)]
+
+
+@pytest.mark.parametrize("value", HUGE_INTEGERS, ids=repr)
+@pytest.mark.parametrize("name", ["batch_size", "seed"])
+def test_sample_refuses_integers_beyond_int64_naming_them(name, value):
+    kwargs = {"batch_size": 2, "seed": 0} | {name: value}
+    with pytest.raises(ValueError, match=rf"^{name} must be a .* integer <= 2\*\*63 - 1, the largest int64; got {int(value)}$"):
+        LinearRegressionTask(d=2, n_context=2).sample(**kwargs)
+
+
+@pytest.mark.parametrize("value", HUGE_INTEGERS, ids=repr)
+@pytest.mark.parametrize("name", ["d", "n_layers", "n_heads", "key_size", "value_size", "n_context"])
+def test_lsa_config_refuses_sizes_beyond_int64_naming_them(name, value):
+    with pytest.raises(ValueError, match=rf"^{name} must be a positive integer <= "):
+        LSAConfig(**{"d": 3, name: value})
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["10**400", "-10**400"])
+def test_a_rate_beyond_float64_is_not_finite(value):
+    with pytest.raises(ValueError, match=r"^eta must be finite \(within float64\); got"):
+        iclgd.gd_construction(LSAConfig(d=D, n_context=N), eta=value)
+
+
+def test_extended_precision_tokens_beyond_float64_are_refused_naming_them():
+    tokens = good_tokens().astype(np.longdouble)
+    tokens[0, 0, 0] = np.longdouble("1e400")
+    if not np.isfinite(tokens[0, 0, 0]):
+        pytest.skip("this platform's long double is float64")
+    with pytest.raises(ValueError, match=r"^tokens overflows float64"):
+        gd_predict(tokens, eta=1.0)
+
+
+WRONG_CONFIGS = {"task": LinearRegressionTask(d=D, n_context=N), "none": None, "dict": {"d": D}, "string": "lsa"}
+
+
+@pytest.mark.parametrize("method", METHODS + ["forward"])
+@pytest.mark.parametrize("cfg", WRONG_CONFIGS.values(), ids=WRONG_CONFIGS.keys())
+def test_backend_refuses_a_config_of_the_wrong_type_naming_cfg(method, cfg):
+    with pytest.raises(ValueError, match=rf"^cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}$"):
+        call(method, cfg, iclgd.init_params(LSAConfig(d=D)), good_tokens())
+
+
+@pytest.mark.parametrize("function", [iclgd.init_params, iclgd.param_shapes, iclgd.zero_params,
+                                      lambda cfg: iclgd.gd_construction(cfg, eta=1.0),
+                                      lambda cfg: iclgd.gdpp_construction(cfg, eta=1.0, gamma=0.1)],
+                         ids=["init_params", "param_shapes", "zero_params", "gd_construction", "gdpp_construction"])
+@pytest.mark.parametrize("cfg", WRONG_CONFIGS.values(), ids=WRONG_CONFIGS.keys())
+def test_model_functions_refuse_a_config_of_the_wrong_type_naming_cfg(function, cfg):
+    with pytest.raises(ValueError, match=r"^cfg must be an iclgd.LSAConfig"):
+        function(cfg)
+
+
+@pytest.mark.parametrize("field", ["task", "model", "train"])
+def test_a_run_config_refuses_parts_of_the_wrong_type_naming_them(field):
+    from iclgd.config import RunConfig, TrainConfig
+
+    parts = {"task": LinearRegressionTask(d=D, n_context=N), "model": LSAConfig(d=D, n_context=N), "train": TrainConfig()}
+    parts[field] = LSAConfig(d=D) if field != "model" else LinearRegressionTask()
+    with pytest.raises(ValueError, match=rf"^{field} must be an iclgd\."):
+        RunConfig(**parts)

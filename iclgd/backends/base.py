@@ -3,8 +3,9 @@
 A backend computes a model family's forward pass, loss, gradients and input sensitivity with
 NumPy arrays in and out.  The public methods below are written once, here: each validates its
 inputs (the config's type, the parameters' names, shapes and values, the tokens and targets;
-ValueError naming the argument) and then calls the engine's private method with checked
-arrays in ``cfg.dtype``.  An engine subclasses ``Backend`` and implements
+ValueError naming the argument), calls the engine's private method with checked arrays in
+``cfg.dtype``, and checks its outputs (finite inputs whose products overflow the dtype inside
+the engine give ValueError naming the inputs, never a silent inf/NaN).  An engine subclasses ``Backend`` and implements
 
     _forward(cfg, params, tokens)                  -> [E_0, ..., E_K], every layer's tokens
     _predict(cfg, params, tokens)                  -> yhat (B,)
@@ -24,6 +25,7 @@ import numpy as np
 
 from iclgd.backends.training import HostTrainer
 from iclgd.models import LSAConfig, check_batch, check_params, check_targets, check_tokens
+from iclgd.models.lsa import check_outputs
 
 
 class Backend(ABC):
@@ -55,24 +57,39 @@ class Backend(ABC):
 
     def forward(self, cfg, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
         """Every layer's tokens: [E_0 = tokens, E_1, ..., E_K], each (B, N + 1, d + 1)."""
-        return self._forward(cfg, *self._checked(cfg, params, tokens))
+        params, tokens = self._checked(cfg, params, tokens)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, naming the inputs
+            states = self._forward(cfg, params, tokens)
+        return check_outputs(cfg, "forward pass", states, params, tokens)
 
     def predict(self, cfg, params: dict, tokens: np.ndarray) -> np.ndarray:
         """yhat = -E_K[:, N, d], (B,)."""
-        return self._predict(cfg, *self._checked(cfg, params, tokens))
+        params, tokens = self._checked(cfg, params, tokens)
+        with np.errstate(over="ignore", invalid="ignore"):
+            prediction = self._predict(cfg, params, tokens)
+        return check_outputs(cfg, "prediction", prediction, params, tokens)
 
     def loss(self, cfg, params: dict, batch) -> float:
         """Half-MSE 0.5 * mean_b (yhat_b - y_b)^2."""
-        return float(self._loss(cfg, *self._checked_batch(cfg, params, batch)))
+        params, tokens, targets = self._checked_batch(cfg, params, batch)
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = float(self._loss(cfg, params, tokens, targets))
+        return check_outputs(cfg, "loss", value, params, tokens, targets)
 
     def loss_and_grad(self, cfg, params: dict, batch) -> tuple[float, dict[str, np.ndarray]]:
         """The half-MSE and its gradient with respect to every parameter (a dict like params)."""
-        loss, grads = self._loss_and_grad(cfg, *self._checked_batch(cfg, params, batch))
+        params, tokens, targets = self._checked_batch(cfg, params, batch)
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, grads = self._loss_and_grad(cfg, params, tokens, targets)
+        check_outputs(cfg, "loss and gradient", [loss, *grads.values()], params, tokens, targets)
         return float(loss), grads
 
     def sensitivity(self, cfg, params: dict, tokens: np.ndarray) -> np.ndarray:
         """d yhat_b / d x_q,b for every task, (B, d), the query's y-slot held fixed."""
-        return self._sensitivity(cfg, *self._checked(cfg, params, tokens))
+        params, tokens = self._checked(cfg, params, tokens)
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = self._sensitivity(cfg, params, tokens)
+        return check_outputs(cfg, "sensitivity", value, params, tokens)
 
     def sample_loss_and_grad(self, cfg, task, params: dict, batch_size: int, rng: np.random.Generator):
         """(loss, grads) on a fresh training batch ``task.sample(batch_size, rng)``: what the

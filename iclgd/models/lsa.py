@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iclgd._checks import finite_array, finite_float, float_dtype, positive_int
+from iclgd import limits
+from iclgd._checks import DRAW_BOUND, cast_finite, finite_array, finite_float, float_dtype, largest, max_abs, positive_int
 from iclgd.streams import as_generator
 
 WEIGHT_NAMES = ("w_q", "w_k", "w_v", "w_o")
@@ -58,7 +59,7 @@ class LSAConfig:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "d", positive_int("d", self.d))
-        set_(self, "n_layers", positive_int("n_layers", self.n_layers))
+        set_(self, "n_layers", positive_int("n_layers", self.n_layers, maximum=limits.MAX_LAYERS))
         set_(self, "n_heads", positive_int("n_heads", self.n_heads))
         key_size = self.d + 1 if self.key_size is None else positive_int("key_size", self.key_size)
         set_(self, "key_size", key_size)
@@ -71,6 +72,12 @@ class LSAConfig:
         if self.n_context is not None:
             set_(self, "n_context", positive_int("n_context", self.n_context))
         set_(self, "dtype", float_dtype("dtype", self.dtype).name)
+        limits.check_bytes(
+            f"the model (d = {self.d}, n_layers = {self.n_layers}, n_heads = {self.n_heads}, key_size = {self.key_size}, "
+            f"value_size = {self.value_size}, tied = {self.tied})",
+            limits.init_params_bytes(self),
+            f"its {limits.lsa_param_count(self)} parameters (drawn in float64 by init_params, kept in {self.dtype})",
+        )
 
     @property
     def family(self) -> str:
@@ -90,8 +97,16 @@ def layer_prefixes(cfg: LSAConfig) -> list[str]:
     return [f"layer{layer}" for layer in range(cfg.n_layers)]
 
 
+def check_config(cfg: object) -> LSAConfig:
+    """``cfg`` itself, or ValueError unless it is an LSAConfig."""
+    if not isinstance(cfg, LSAConfig):
+        raise ValueError(f"cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}")
+    return cfg
+
+
 def param_shapes(cfg: LSAConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in a fixed order."""
+    check_config(cfg)
     h, dim, k, v = cfg.n_heads, cfg.token_size, cfg.key_size, cfg.value_size
     shapes = {"w_q": (h, dim, k), "w_k": (h, dim, k), "w_v": (h, dim, v), "w_o": (h, v, dim)}
     return {f"{prefix}.{name}": shapes[name] for prefix in dict.fromkeys(layer_prefixes(cfg)) for name in WEIGHT_NAMES}
@@ -111,14 +126,30 @@ def attention_products(params: dict, prefix: str):
 def init_params(cfg: LSAConfig, seed: int | np.random.Generator = 0, scale: float = 0.002) -> dict[str, np.ndarray]:
     """Small variance-scaled Gaussian init: every entry ``~ N(0, scale / fan_in)``, with
     fan_in = D for W_q, W_k, W_v and H * v for W_o (scale 0.002 as in the paper).
-    Returned in ``cfg.dtype``."""
+    Returned in ``cfg.dtype``; a scale whose draws would overflow it is refused."""
+    check_config(cfg)
     rng = as_generator(seed)
-    scale = finite_float("scale", scale, nonnegative=True)
+    scale = check_init_scale(cfg, scale)
     params = {}
     for name, shape in param_shapes(cfg).items():
         fan_in = cfg.n_heads * cfg.value_size if name.endswith("w_o") else cfg.token_size
         params[name] = (np.sqrt(scale / fan_in) * rng.standard_normal(shape)).astype(cfg.dtype)
     return params
+
+
+def check_init_scale(cfg: LSAConfig, scale: object, name: str = "scale") -> float:
+    """``scale`` as a float, or ValueError unless it is finite, >= 0 and its draws fit ``cfg.dtype``
+    (every entry sqrt(scale / fan_in) N(0, 1) is below DRAW_BOUND sqrt(scale / fan_in))."""
+    check_config(cfg)
+    scale = finite_float(name, scale, nonnegative=True)
+    smallest_fan_in = min(cfg.token_size, cfg.n_heads * cfg.value_size)
+    reach = DRAW_BOUND * np.sqrt(scale / smallest_fan_in)
+    if reach > largest(cfg.dtype):
+        raise ValueError(
+            f"{name} = {scale:.3g} is too large for {cfg.dtype}: entries sqrt({name} / fan_in) N(0, 1) can reach "
+            f"{DRAW_BOUND:g} sqrt({name} / {smallest_fan_in}) = {reach:.3g}, above the largest {cfg.dtype} {largest(cfg.dtype):.3g}"
+        )
+    return scale
 
 
 def zero_params(cfg: LSAConfig) -> dict[str, np.ndarray]:
@@ -128,12 +159,13 @@ def zero_params(cfg: LSAConfig) -> dict[str, np.ndarray]:
 
 def check_params(cfg: LSAConfig, params: object) -> dict[str, np.ndarray]:
     """Raise ValueError unless ``params`` has exactly the names and shapes of ``param_shapes(cfg)``
-    and only finite values; return it as a dict of arrays in ``cfg.dtype``."""
+    and only finite values that fit ``cfg.dtype``; return it as a dict of arrays in ``cfg.dtype``."""
+    check_config(cfg)
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict name -> array; got {type(params).__name__}")
     expected = param_shapes(cfg)
     missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
+    unexpected = sorted(set(params) - set(expected), key=repr)  # keys may be of any (mixed) type
     if missing or unexpected:
         raise ValueError(
             f"params do not match the config (n_layers={cfg.n_layers}, tied={cfg.tied}): "
@@ -147,13 +179,15 @@ def check_params(cfg: LSAConfig, params: object) -> dict[str, np.ndarray]:
                 f"params[{name!r}] must have shape {shape} (n_heads={cfg.n_heads}, D={cfg.token_size}, "
                 f"key_size={cfg.key_size}, value_size={cfg.value_size}); got {array.shape}"
             )
-        checked[name] = _cast_finite(f"params[{name!r}]", array, cfg.dtype)
+        checked[name] = cast_finite(f"params[{name!r}]", array, cfg.dtype)
     return checked
 
 
 def check_tokens(cfg: LSAConfig, tokens: object) -> np.ndarray:
     """Raise ValueError unless ``tokens`` is a finite (B, N + 1, d + 1) array with N >= 1
-    (and N = cfg.n_context when that is set); return it in ``cfg.dtype``."""
+    (and N = cfg.n_context when that is set) whose values fit ``cfg.dtype``, and a pass of the
+    model over it fits in memory (``iclgd.limits``); return it in ``cfg.dtype``."""
+    check_config(cfg)
     tokens = finite_array("tokens", tokens, ndim=3)
     n_context = cfg.n_context if cfg.n_context is not None else "N"
     expected = f"(B, {n_context} + 1, d + 1 = {cfg.token_size})"
@@ -161,15 +195,10 @@ def check_tokens(cfg: LSAConfig, tokens: object) -> np.ndarray:
         raise ValueError(f"tokens must have shape {expected} with B >= 1, N >= 1; got {tokens.shape}")
     if cfg.n_context is not None and tokens.shape[1] != cfg.n_context + 1:
         raise ValueError(f"tokens must have shape {expected}; got {tokens.shape}")
-    return _cast_finite("tokens", tokens, cfg.dtype)
-
-
-def _cast_finite(name: str, array: np.ndarray, dtype: str) -> np.ndarray:
-    """Cast to dtype; raise if finite float64 values overflow it (e.g. 1e300 -> float32 inf)."""
-    cast = array.astype(dtype, copy=False)
-    if cast is not array and not np.isfinite(cast).all():
-        raise ValueError(f"{name} overflow {dtype}: largest magnitude given is {np.max(np.abs(array)):.3g}")
-    return cast
+    batch_size, n = tokens.shape[0], tokens.shape[1] - 1
+    limits.check_bytes(f"tokens of shape {tokens.shape}", limits.lsa_pass_bytes(cfg, batch_size, n),
+                       f"a pass of {limits.lsa_shape_text(cfg, batch_size, n)}")
+    return cast_finite("tokens", tokens, cfg.dtype)
 
 
 def check_batch(batch: object) -> None:
@@ -179,8 +208,45 @@ def check_batch(batch: object) -> None:
 
 
 def check_targets(cfg: LSAConfig, targets: object, batch_size: int) -> np.ndarray:
-    """Raise ValueError unless ``targets`` is a finite (B,) array; return it in ``cfg.dtype``."""
+    """Raise ValueError unless ``targets`` is a finite (B,) array that fits ``cfg.dtype``; return it in ``cfg.dtype``."""
+    check_config(cfg)
     targets = finite_array("targets", targets, ndim=1)
     if targets.shape[0] != batch_size:
         raise ValueError(f"targets must have shape (B,) = ({batch_size},); got {targets.shape}")
-    return _cast_finite("targets", targets, cfg.dtype)
+    return cast_finite("targets", targets, cfg.dtype)
+
+
+def check_outputs(cfg: LSAConfig, what: str, outputs, params: dict, tokens: np.ndarray, targets: np.ndarray | None = None):
+    """``outputs`` unchanged (an array, a number, a list or a dict of them, NumPy or jax), or
+    ValueError if any entry is NaN or inf.
+
+    The inputs are finite when this is called (check_params, check_tokens, check_targets), so a
+    NaN or inf is an overflow of ``cfg.dtype`` inside the engine: a layer is cubic in its tokens
+    and linear in each weight, so K layers grow like |tokens|^(3^K).  This is checked after the
+    pass rather than bounded before it, since any bound on the inputs that holds for every
+    model would refuse deep models on ordinary inputs; the message names the inputs with their
+    largest entries, so that the caller sees which one to scale down."""
+    if isinstance(outputs, dict):
+        arrays = list(outputs.values())
+    elif isinstance(outputs, (list, tuple)):
+        arrays = list(outputs)
+    else:
+        arrays = [outputs]
+    bad = total = 0
+    for array in arrays:
+        array = np.asarray(array)
+        bad += int(array.size - np.count_nonzero(np.isfinite(array)))
+        total += int(array.size)
+    if not bad:
+        return outputs
+    largest_param = max(params, key=lambda name: max_abs(np.asarray(params[name])), default=None)
+    inputs = [f"tokens (largest |entry| {max_abs(np.asarray(tokens)):.3g})"]
+    if largest_param is not None:
+        inputs.append(f"params (largest |entry| {max_abs(np.asarray(params[largest_param])):.3g}, in {largest_param!r})")
+    if targets is not None:
+        inputs.append(f"targets (largest |entry| {max_abs(np.asarray(targets)):.3g})")
+    raise ValueError(
+        f"{', '.join(inputs)} are too large for this model in {cfg.dtype}: its {what} overflows "
+        f"({bad} of {total} entries NaN/inf; the largest {cfg.dtype} is {largest(cfg.dtype):.3g}, and "
+        f"{cfg.n_layers} layer(s) grow like |tokens|^(3^{cfg.n_layers}))"
+    )

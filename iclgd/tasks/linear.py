@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iclgd._checks import finite_float, float_dtype, nonnegative_int, positive_int
+from iclgd import limits
+from iclgd._checks import DRAW_BOUND, finite_float, float_dtype, largest, nonnegative_int, positive_int
 from iclgd.streams import as_generator
 from iclgd.tasks.examples import Examples
 from iclgd.tasks.inputs import draw_inputs, resolve_x_scale, x_distribution_name
@@ -50,6 +51,31 @@ class LinearRegressionTask:
             )
         set_(self, "dtype", float_dtype("dtype", self.dtype).name)
         x_distribution_name(self.x_distribution)
+        self._check_magnitudes()
+
+    def _check_magnitudes(self) -> None:
+        """Refuse scales whose draws could overflow float64 or the task's dtype.
+
+        Every standard draw is below ``DRAW_BOUND`` = 50 in magnitude (iclgd._checks), so
+        |x| <= 50 x_scale, |w| <= 50 w_scale and |y| <= d (50 w_scale)(50 x_scale) + 50 noise_std
+        (distractor labels are N(0, 1)); each bound must be a finite number of the task's dtype."""
+        top, dtype, bound = largest(self.dtype), self.dtype, DRAW_BOUND
+        for name in ("x_scale", "w_scale"):
+            value = getattr(self, name)
+            if bound * value > top:
+                raise ValueError(
+                    f"{name} = {value:.3g} is too large for {dtype}: its draws can reach {bound:g} * {name} = "
+                    f"{bound * value:.3g}, above the largest {dtype} {top:.3g}"
+                )
+        signal = self.d * (bound * self.w_scale) * (bound * self.x_scale)  # may be inf: then refused
+        noise = bound * self.noise_std
+        if signal + noise > top:
+            culprit = "noise_std is" if noise >= signal else "w_scale and x_scale are"
+            raise ValueError(
+                f"{culprit} too large for {dtype}: labels y = w.x + noise can reach d (50 w_scale)(50 x_scale) + "
+                f"50 noise_std = {signal + noise:.3g} (d = {self.d}, w_scale = {self.w_scale:.3g}, "
+                f"x_scale = {self.x_scale:.3g}, noise_std = {self.noise_std:.3g}), above the largest {dtype} {top:.3g}"
+            )
 
     @classmethod
     def authors_code(cls, **kwargs) -> "LinearRegressionTask":
@@ -73,6 +99,10 @@ class LinearRegressionTask:
         noise_std > 0; distractor positions and values if n_distractors > 0.
         """
         batch_size = positive_int("batch_size", batch_size)
+        limits.check_bytes(
+            f"batch_size = {batch_size} (with n_context = {self.n_context}, d = {self.d})", limits.task_sample_bytes(self, batch_size),
+            f"sampling {batch_size} tasks of (N + 1) x (d + 1) = {self.n_context + 1} x {self.d + 1} tokens",
+        )
         rng = as_generator(seed)
         n = self.n_context
         weights, x = self.draw_weights_and_inputs(batch_size, rng)
