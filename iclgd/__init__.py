@@ -1,6 +1,6 @@
 """iclgd: transformers learn in context by gradient descent, executable and checkable.
 
-Public API (see DESIGN.md): tasks, the LSA model, backends, the GD and GD++ constructions and baselines,
+Public API (the design notes; conventions in docs/conventions.md): tasks, the LSA model, backends, the GD and GD++ constructions and baselines,
 and GD / GD++ with learned rates (``LearnedGDConfig``, a model the training loop fits).
 Importing iclgd imports NumPy only; optional engines load when their backend is asked for.
 """

@@ -26,7 +26,7 @@ and label noise ``sigma^2``, the expected squared error of one GD step from W_0 
 
 so ``eta* = B / A`` and ``MSE* = C - B^2 / A``.  (E tr(Sigma_hat^2) = (d/N)(m4 + (N+d-2) s2^2)
 for the empirical covariance of N inputs does the work.)  For sigma = 0, sw = 1 this is
-DESIGN.md's ``eta* = N s2 / (m4 + (N + d - 2) s2^2)``; d = N = 10, a = 1 gives eta* = 50/33
+docs/conventions.md's ``eta* = N s2 / (m4 + (N + d - 2) s2^2)``; d = N = 10, a = 1 gives eta* = 50/33
 and half-MSE* = 0.8249.
 """
 from __future__ import annotations

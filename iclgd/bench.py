@@ -20,7 +20,7 @@ Naive FLOPs (2 per multiply-add) of one layer and head, B tasks, T = N + 1 rows,
               + 2 B [T k D + N_k k D + N_k v D]  (the gradient to the layer's input; not for layer 0)
 
 summed over layers and heads.  For one layer at B = 2048, N = d = 10 a training step is
-76.8 MFLOP, DESIGN.md's "~77".
+76.8 MFLOP, the design notes' "~77".
 """
 from __future__ import annotations
 

@@ -8,11 +8,11 @@ differences, which is far smaller than either loss's when the two err alike; and
 alignment metrics (preds diff, model cos, model diff of the sensitivities, iclgd.metrics).  A
 multi-layer predictor may also be scored by the prediction read out after each of its layers.
 
-**A run's curve.**  At every checkpoint of a run (iclgd.train): its step s_j, the half-MSE of its
-parameters on a fixed batch of validation tasks, and the training loss averaged over the losses
-logged in metrics.jsonl at the steps s with ``s_{j-1} <= s < s_j`` (each on that step's own fresh
-batch; at the first checkpoint, step 0, the loss logged at step 0: the initial weights' loss on
-the first batch).  None where no loss was logged in that window.
+**A run's curve.**  At every checkpoint of a run (iclgd.train), in step order s_0 < s_1 < ...: its
+step, the half-MSE of its parameters on a fixed batch of validation tasks, and the training loss
+averaged over the losses logged in metrics.jsonl at the steps s with ``s_{j-1} <= s < s_j``
+(``s_{-1} = 0``; each loss on that step's own fresh batch).  A checkpoint at step 0 gets the loss
+logged at step 0, the initial weights' loss on the first batch; a window with no logged loss, None.
 """
 from __future__ import annotations
 

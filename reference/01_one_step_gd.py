@@ -1,41 +1,22 @@
 #!/usr/bin/env python
 r"""Walkthrough 01: a trained one-layer linear self-attention layer does one step of gradient descent.
 
-Claim (von Oswald et al., "Transformers Learn In-Context by Gradient Descent", ICML 2023, Sec. 3):
-a single linear self-attention (LSA) layer trained on in-context linear regression ends up
-computing exactly what one step of gradient descent (GD) on the context computes, with the
-best learning rate.
+Claim (von Oswald et al., "Transformers Learn In-Context by Gradient Descent", ICML 2023, Sec. 3): a single linear
+self-attention layer trained on in-context linear regression computes one step of gradient descent on its context, with
+the best learning rate. Setting: d = N = 10, x ~ U(-1, 1)^d (the paper's text; the authors' code uses U(-0.5, 0.5)),
+w ~ N(0, I), no label noise, one layer, one head, half-MSE loss.
 
-The walkthrough, top to bottom:
-
-1. build the LSA weights that do one GD step by hand, check them against
-   ``iclgd.gd_construction`` and their predictions against GD computed directly;
-2. find the best learning rate of one GD step in closed form and check it by Monte Carlo;
-3. train a layer from a small random start with the library's training loop;
-4. compare the trained layer with GD: losses, predictions, sensitivities, and its weights.
-
-Run it (from the repository root):
-
-    python reference/01_one_step_gd.py            # full: 5000 steps, 10^4 validation tasks
-    python reference/01_one_step_gd.py --quick    # every step, smaller (a few seconds)
-    python reference/01_one_step_gd.py --out DIR  # keep the training run (and, with --quick, the results) in DIR
-
-The full run records what it printed in reference/results/01_one_step_gd.txt and its numbers
-in reference/results/01_one_step_gd.json; --quick writes those two files to --out (or to a
-fresh temporary directory) instead.  Every number printed comes from the code below, from
-explicit seeds.  The script exits with status 1 if any check it narrates fails.  The setting is
-that of ``iclgd reproduce one-layer`` (iclgd.experiments.one_layer.OneLayerSetting) on the NumPy
-oracle; the closed forms come from iclgd.baselines and iclgd.theory.
-
-Conventions (DESIGN.md): tokens e_i = (x_i, y_i) in R^(d+1), the query token (x_q, 0) last;
-x ~ U(-1, 1)^d (the paper's text, a = 1), w ~ N(0, I_d), no label noise; the read-out is
-yhat = -(query's y-slot after the layer); the loss is half the mean squared error.
+Steps: the LSA weights of one GD step built by hand, against ``iclgd.gd_construction`` and GD computed directly; the
+best rate of one GD step in closed form and by Monte Carlo; a layer trained from a small random start; the trained
+layer against GD (losses, predictions, sensitivities) and its weights.  Run
+``python reference/01_one_step_gd.py [--quick] [--out DIR]`` (full: 5000 steps, 10^4 validation tasks, about a minute;
+outputs: reference/walkthrough.py): the setting of ``iclgd reproduce one-layer`` (iclgd.experiments.one_layer) on the
+NumPy oracle; closed forms come from iclgd.baselines and iclgd.theory; conventions: docs/conventions.md.
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +28,7 @@ from iclgd.config import RunConfig, run_config_to_toml
 from iclgd.experiments.one_layer import LayerEvaluation, OneLayerSetting, evaluate_layer
 from iclgd.interpolate import effective_matrices
 from iclgd.runio import read_jsonl
-from walkthrough import Checks, Session, Transcript, matrix_lines, max_abs_diff, train_run
+from walkthrough import Checks, Session, Table, Transcript, config_block, matrix_lines, max_abs_diff, train_run, vector_line
 
 NAME = "01_one_step_gd"
 D_IN = 10  # d, the input dimension
@@ -87,10 +68,6 @@ FULL = Settings(OneLayerSetting(backend="numpy", tune_tasks=10_000, n_curve_poin
 QUICK = Settings(OneLayerSetting.quick(backend="numpy", tune_tasks=2_000, n_curve_points=10), mc_tasks=20_000)
 
 
-def vector_line(vector: np.ndarray, decimals: int = 4) -> str:
-    return "[" + ", ".join(f"{float(v):.{decimals}f}" for v in vector) + "]"
-
-
 def hand_built_weights(d: int, n_context: int, eta: float, w0: np.ndarray) -> dict[str, np.ndarray]:
     """The LSA layer that does one GD step with rate ``eta`` from ``w0``, written out entry by entry.
 
@@ -113,26 +90,22 @@ def hand_built_weights(d: int, n_context: int, eta: float, w0: np.ndarray) -> di
 def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     d, n, eta = D_IN, N_CONTEXT, s.demo_eta
     t.heading("Step 1. One GD step, written as a linear self-attention layer (by hand)")
-    t.prose(f"""
-        A task is a hidden weight vector w and {n} examples (x_i, y_i = w . x_i) with x_i in R^{d}.
-        The model sees them as {n} tokens e_i = (x_i, y_i) followed by a query token (x_q, 0), and
-        must predict y_q = w . x_q.
+    t.prose(f"""A task is a hidden weight vector w and {n} examples (x_i, y_i = w . x_i) with x_i in R^{d}. The model
+        sees them as {n} tokens e_i = (x_i, y_i) followed by a query token (x_q, 0), and must predict y_q = w . x_q.
 
-        One step of gradient descent on the context loss L(W) = 1/(2N) sum_i (W x_i - y_i)^2,
-        from W0 with learning rate eta, gives W1 = W0 - (eta/N) sum_i (W0 x_i - y_i) x_i^T and the
-        prediction W1 x_q. From W0 = 0 that is yhat = (eta/N) sum_i y_i (x_i . x_q).
+        One step of gradient descent on the context loss L(W) = 1/(2N) sum_i (W x_i - y_i)^2, from W0 with learning rate
+        eta, gives W1 = W0 - (eta/N) sum_i (W0 x_i - y_i) x_i^T and the prediction W1 x_q. From W0 = 0 that is yhat =
+        (eta/N) sum_i y_i (x_i . x_q).
 
-        A linear self-attention layer (no softmax) adds to every token the sum over context
-        tokens of (query . key_i) * value_i, passed through W_o. So we choose: query = (x_q, 0)
-        and key_i = (x_i, 0), so that query . key_i = x_q . x_i; value_i = W0 x_i - y_i; and W_o
-        writes eta/N times that value into the y-slot. The query's y-slot, 0 before the layer,
-        becomes -(eta/N) sum_i (x_q . x_i)(y_i - W0 x_i) = -(W1 - W0) x_q; reading out
-        yhat = -(y-slot) gives (W1 - W0) x_q, which is W1 x_q for W0 = 0.
+        A linear self-attention layer (no softmax) adds to every token the sum over context tokens of (query . key_i) *
+        value_i, passed through W_o. So we choose: query = (x_q, 0) and key_i = (x_i, 0), so that query . key_i = x_q .
+        x_i; value_i = W0 x_i - y_i; and W_o writes eta/N times that value into the y-slot. The query's y-slot, 0 before
+        the layer, becomes -(eta/N) sum_i (x_q . x_i)(y_i - W0 x_i) = -(W1 - W0) x_q; reading out yhat = -(y-slot) gives
+        (W1 - W0) x_q, which is W1 x_q for W0 = 0.
 
-        Here are those weights for d = N = {d}, eta = {eta}, W0 = 0, written entry by entry in
-        hand_built_weights() (the library's layout: one head, W_q, W_k, W_v of shape (1, {d + 1},
-        {d + 1}) acting on row-vector tokens, W_o of shape (1, {d + 1}, {d + 1}); '.' is zero):
-    """)
+        Here are those weights for d = N = {d}, eta = {eta}, W0 = 0, written entry by entry in hand_built_weights() (the
+        library's layout: one head, W_q, W_k, W_v of shape (1, {d + 1}, {d + 1}) acting on row-vector tokens, W_o of
+        shape (1, {d + 1}, {d + 1}); '.' is zero):""")
     by_hand = hand_built_weights(d, n, eta, np.zeros(d))
     key_labels = [f"k{j + 1}" for j in range(d + 1)]
     value_labels = [f"v{j + 1}" for j in range(d + 1)]
@@ -143,10 +116,8 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     t.out(f"W_o (rows: value entries, columns: token entries); the one entry is eta/N = {eta / n:g}\n"
           + matrix_lines(by_hand["layer0.w_o"][0], value_labels, TOKEN_LABELS, decimals=2) + "\n")
 
-    t.prose("""
-        The library builds the same weights with iclgd.gd_construction(cfg, eta). They should
-        agree exactly (the same names, the same shapes, the same numbers):
-    """)
+    t.prose("""The library builds the same weights with iclgd.gd_construction(cfg, eta). They should agree exactly (the
+        same names, the same shapes, the same numbers):""")
     cfg = iclgd.LSAConfig(d=d, n_layers=1, n_heads=1, n_context=n)
     library = iclgd.gd_construction(cfg, eta)
     same_layout = sorted(library) == sorted(by_hand) and all(library[k].shape == by_hand[k].shape for k in library)
@@ -160,13 +131,10 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     task = iclgd.LinearRegressionTask(d=d, n_context=n, x_scale="paper")
     batch = task.sample(s.demo_tasks, seed=s.demo_seed)
     backend = iclgd.get_backend("numpy")
-    t.prose(f"""
-        Now run the layer. We draw {s.demo_tasks} tasks (seed {s.demo_seed}), feed their tokens,
-        shape {batch.tokens.shape}, to the NumPy oracle's forward pass
-        (iclgd.get_backend("numpy").predict) and compare with one GD step computed directly on
-        each context (iclgd.baselines.gd_predict). First, task 0 in full, with the GD step also
-        written out in two lines of NumPy:
-    """)
+    t.prose(f"""Now run the layer. We draw {s.demo_tasks} tasks (seed {s.demo_seed}), feed their tokens, shape
+        {batch.tokens.shape}, to the NumPy oracle's forward pass (iclgd.get_backend("numpy").predict) and compare with
+        one GD step computed directly on each context (iclgd.baselines.gd_predict). First, task 0 in full, with the GD
+        step also written out in two lines of NumPy:""")
     lsa_prediction = backend.predict(cfg, by_hand, batch.tokens)
     gd_prediction = baselines.gd_predict(batch.tokens, eta, steps=1)
     x0, y0, xq0 = batch.tokens[0, :n, :d], batch.tokens[0, :n, d], batch.tokens[0, n, :d]
@@ -175,31 +143,23 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
           f"          baselines.gd_predict        {gd_prediction[0]: .15f}\n          the target y_q              {batch.targets[0]: .15f}\n")
     prediction_diff = max_abs_diff(lsa_prediction, gd_prediction)
     t.out(f"  all {s.demo_tasks} tasks: max |LSA prediction - GD prediction| = {prediction_diff:.3e}")
-    checks("LSA(construction) prediction = one GD step", f"{prediction_diff:.3e}", "<= 1e-12", prediction_diff <= 1e-12)
-    t.out("")
+    checks.small("LSA(construction) prediction = one GD step", prediction_diff, "1e-12", end="\n")
 
-    t.prose("""
-        A prediction is one number; the paper also compares how the prediction responds to the
-        query input, the "sensitivity" d yhat / d x_q. For GD the prediction is W1 x_q with W1
-        fixed by the context, so its sensitivity is W1 itself. backend.sensitivity computes
-        d yhat / d x_q for the LSA by a backward pass; iclgd.baselines.gd_weights gives W1:
-    """)
+    t.prose("""A prediction is one number; the paper also compares how the prediction responds to the query input, the
+        "sensitivity" d yhat / d x_q. For GD the prediction is W1 x_q with W1 fixed by the context, so its sensitivity
+        is W1 itself. backend.sensitivity computes d yhat / d x_q for the LSA by a backward pass;
+        iclgd.baselines.gd_weights gives W1:""")
     sensitivity = backend.sensitivity(cfg, by_hand, batch.tokens)
     gd_weight = baselines.gd_weights(batch.tokens, eta, steps=1)
     sensitivity_diff = max_abs_diff(sensitivity, gd_weight)
     t.out(f"  task 0: LSA sensitivity d yhat/d x_q = {vector_line(sensitivity[0])}\n          GD weight W1                 = "
           f"{vector_line(gd_weight[0])}\n  all {s.demo_tasks} tasks: max |sensitivity - W1| = {sensitivity_diff:.3e}")
-    checks("LSA(construction) sensitivity = GD-updated weight W1", f"{sensitivity_diff:.3e}", "<= 1e-12",
-           sensitivity_diff <= 1e-12)
-    t.out("")
+    checks.small("LSA(construction) sensitivity = GD-updated weight W1", sensitivity_diff, "1e-12", end="\n")
 
     w0 = np.random.default_rng(s.w0_seed).standard_normal(d)
-    t.prose(f"""
-        The same layer works from any start W0: the value becomes W0 x_i - y_i (the residual of W0
-        on pair i), and the query must enter with its y-slot set to -W0 x_q
-        (iclgd.with_initial_guess), because a layer without that start cannot add a term linear
-        in x_q alone. With W0 drawn from N(0, I) (seed {s.w0_seed}):
-    """)
+    t.prose(f"""The same layer works from any start W0: the value becomes W0 x_i - y_i (the residual of W0 on pair i),
+        and the query must enter with its y-slot set to -W0 x_q (iclgd.with_initial_guess), because a layer without that
+        start cannot add a term linear in x_q alone. With W0 drawn from N(0, I) (seed {s.w0_seed}):""")
     by_hand_w0 = hand_built_weights(d, n, eta, w0)
     library_w0 = iclgd.gd_construction(cfg, eta, w0=w0)
     weight_diff_w0 = max(max_abs_diff(library_w0[k], by_hand_w0[k]) for k in library_w0)
@@ -213,19 +173,13 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
     t.out("")
 
     qk, ov = effective_matrices(cfg, by_hand)["layer0"]
-    t.prose(f"""
-        A layer's output depends on its four matrices only through two products, W_q W_k^T
-        (which pairs of token entries are compared) and W_v W_o (which entries are moved where).
-        For the construction W_q W_k^T is the identity on the x-block, and W_v W_o has a single
-        entry, in the (y, y) corner, equal to -eta/N = {-eta / n:g}:
-    """)
-    t.out("W_v W_o of the construction\n" + matrix_lines(ov[0], TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
-    t.prose("""
-        Only these products are determined: multiplying W_q W_k^T by any c and W_v W_o by 1/c
-        gives the same layer. So a trained layer need not look like the construction entry by
-        entry; what it must match is W_q W_k^T = c I (x-block) and (W_v W_o)[y, y] = -g with
-        c * g = eta / N. We come back to this in step 4.
-    """)
+    t.prose(f"""A layer's output depends on its four matrices only through two products, W_q W_k^T (which pairs of token
+        entries are compared) and W_v W_o (which entries are moved where). For the construction W_q W_k^T is the
+        identity on the x-block, and W_v W_o has a single entry, in the (y, y) corner, equal to -eta/N = {-eta / n:g}:""")
+    t.out("W_v W_o of the construction\n" + matrix_lines(ov[0], TOKEN_LABELS) + "\n")
+    t.prose("""Only these products are determined: multiplying W_q W_k^T by any c and W_v W_o by 1/c gives the same
+        layer. So a trained layer need not look like the construction entry by entry; what it must match is W_q W_k^T =
+        c I (x-block) and (W_v W_o)[y, y] = -g with c * g = eta / N. We come back to this in step 4.""")
     return {"eta": eta, "tasks": s.demo_tasks, "seed": s.demo_seed, "max_abs_weight_diff_vs_gd_construction": weight_diff,
             "max_abs_prediction_diff_vs_gd": prediction_diff, "max_abs_sensitivity_diff_vs_gd_weight": sensitivity_diff,
             "w0_seed": s.w0_seed, "w0_max_abs_weight_diff": weight_diff_w0, "w0_max_abs_prediction_diff": prediction_diff_w0,
@@ -235,14 +189,11 @@ def step1_construction(t: Transcript, checks: Checks, s: Settings) -> dict:
 def step2_optimum(t: Transcript, checks: Checks, s: Settings) -> dict:
     d, n, a = D_IN, N_CONTEXT, 1.0
     t.heading("Step 2. The best learning rate of one GD step, in closed form and by Monte Carlo")
-    t.prose(f"""
-        Which eta should one GD step use? Averaged over tasks (w ~ N(0, I), x ~ U(-a, a)^d with
-        a = {a:g}), the squared error of the one-step prediction is a parabola in eta:
-        MSE(eta) = A eta^2 - 2 B eta + C, with s2 = E x^2 = a^2/3 and m4 = E x^4 = a^4/5 per
-        coordinate, A = (d/N) s2 (m4 + (N+d-2) s2^2), B = d s2^2 and C = d s2 (= E y_q^2). So
-        eta* = B / A and MSE* = C - B^2 / A. We compute that here by hand and compare with
-        iclgd.baselines.one_step_optimum, which also reports the loss in the paper's half-MSE:
-    """)
+    t.prose(f"""Which eta should one GD step use? Averaged over tasks (w ~ N(0, I), x ~ U(-a, a)^d with a = {a:g}), the
+        squared error of the one-step prediction is a parabola in eta: MSE(eta) = A eta^2 - 2 B eta + C, with s2 = E x^2
+        = a^2/3 and m4 = E x^4 = a^4/5 per coordinate, A = (d/N) s2 (m4 + (N+d-2) s2^2), B = d s2^2 and C = d s2 (= E
+        y_q^2). So eta* = B / A and MSE* = C - B^2 / A. We compute that here by hand and compare with
+        iclgd.baselines.one_step_optimum, which also reports the loss in the paper's half-MSE:""")
     s2, m4 = a**2 / 3.0, a**4 / 5.0
     curvature = (d / n) * s2 * (m4 + (n + d - 2) * s2**2)  # A
     slope = d * s2**2  # B
@@ -254,27 +205,21 @@ def step2_optimum(t: Transcript, checks: Checks, s: Settings) -> dict:
           f"  library:         eta* = {optimum.eta:.10f}   half-MSE* = {optimum.half_mse:.10f}\n"
           f"  (50/33 = {50 / 33:.10f}; the loss of predicting 0, C/2 = {0.5 * offset:.10f})")
     closed_form_diff = max(abs(eta_by_hand - optimum.eta), abs(half_mse_by_hand - optimum.half_mse))
-    checks("closed form by hand = baselines.one_step_optimum", f"{closed_form_diff:.3e}", "<= 1e-12",
-           closed_form_diff <= 1e-12)
-    t.out("")
+    checks.small("closed form by hand = baselines.one_step_optimum", closed_form_diff, "1e-12", end="\n")
 
     task = iclgd.LinearRegressionTask(d=d, n_context=n, x_scale=a)
-    t.prose(f"""
-        Monte Carlo check. From W0 = 0 one GD step's prediction is linear in eta: yhat(eta) =
-        eta * p with p = gd_predict(tokens, eta=1). So on {s.mc_tasks} fresh tasks (seed {s.mc_seed})
-        we compute p and y_q once and get the loss at any eta. The sample's best eta has a
-        closed form too, eta_hat = sum_b p_b y_b / sum_b p_b^2 (this is what
-        iclgd.evaluate.tune_gd_eta computes); its standard error comes from the delta method.
-    """)
+    t.prose(f"""Monte Carlo check. From W0 = 0 one GD step's prediction is linear in eta: yhat(eta) = eta * p with p =
+        gd_predict(tokens, eta=1). So on {s.mc_tasks} fresh tasks (seed {s.mc_seed}) we compute p and y_q once and get
+        the loss at any eta. The sample's best eta has a closed form too, eta_hat = sum_b p_b y_b / sum_b p_b^2 (this is
+        what iclgd.evaluate.tune_gd_eta computes); its standard error comes from the delta method.""")
     sample = theory.OneStepSample.draw(task, s.mc_tasks, np.random.default_rng(s.mc_seed))
     parabola = theory.one_step_parabola(d, n, s2, m4)
-    t.out(f"  {'eta':>8} {'closed form':>12} {'Monte Carlo':>20}  half-MSE")
-    table = []
+    table, rows = Table(8, 12, 20), []
+    t.out(table.line("eta", "closed form", "Monte Carlo") + "  half-MSE")
     for eta in (0.5, 1.0, optimum.eta, 2.0, 2.5):
         mc = sample.half_mse(eta)
-        table.append({"eta": eta, "closed_form": parabola.half_mse(eta), "monte_carlo": mc.to_dict()})
-        marker = "  <- eta*" if eta == optimum.eta else ""
-        t.out(f"  {eta:8.4f} {parabola.half_mse(eta):12.4f} {mc.mean:11.4f} ± {mc.stderr:.4f}{marker}")
+        rows.append({"eta": eta, "closed_form": parabola.half_mse(eta), "monte_carlo": mc.to_dict()})
+        t.out(table.line(f"{eta:.4f}", f"{parabola.half_mse(eta):.4f}", f"{mc:.4f}") + ("  <- eta*" if eta == optimum.eta else ""))
     at_optimum = sample.half_mse(optimum.eta)
     z_loss = (at_optimum.mean - optimum.half_mse) / at_optimum.stderr
     best = sample.best_eta()
@@ -284,13 +229,11 @@ def step2_optimum(t: Transcript, checks: Checks, s: Settings) -> dict:
     checks("Monte Carlo half-MSE at eta* = closed form", f"{z_loss:+.2f} s.e.", "within 4 s.e.", abs(z_loss) <= 4)
     checks("Monte Carlo best eta = closed-form eta*", f"{z_eta:+.2f} s.e.", "within 4 s.e.", abs(z_eta) <= 4)
     t.out("")
-    t.prose(f"""
-        So the best one GD step has eta* = {optimum.eta:.4f} and half-MSE {optimum.half_mse:.4f}. An
-        LSA layer can compute more than GD steps (other W_q W_k^T, W_v W_o), but in this setting
-        none of them does better on average; the claim is that training finds this optimum.
-    """)
+    t.prose(f"""So the best one GD step has eta* = {optimum.eta:.4f} and half-MSE {optimum.half_mse:.4f}. An LSA layer
+        can compute more than GD steps (other W_q W_k^T, W_v W_o), but in this setting none of them does better on
+        average; the claim is that training finds this optimum.""")
     return {"x_scale": a, "optimal_eta": optimum.eta, "optimal_half_mse": optimum.half_mse, "by_hand_minus_library": closed_form_diff,
-            "monte_carlo": {"tasks": s.mc_tasks, "seed": s.mc_seed, "table": table, "half_mse_at_optimal_eta": at_optimum.to_dict(),
+            "monte_carlo": {"tasks": s.mc_tasks, "seed": s.mc_seed, "table": rows, "half_mse_at_optimal_eta": at_optimum.to_dict(),
                             "half_mse_z": z_loss, "best_eta": best.to_dict(), "best_eta_z": z_eta}}
 
 
@@ -298,21 +241,17 @@ def step3_train(t: Transcript, checks: Checks, s: Settings, run_dir: Path) -> tu
     t.heading("Step 3. Training one LSA layer from a small random start")
     config = s.run_config()
     train_cfg, e = config.train, s.experiment
-    t.prose(f"""
-        Now forget the construction. We start a layer from small random weights (every entry
-        ~ N(0, 0.002 / fan_in), iclgd.init_params) and train it with Adam (lr {train_cfg.lr:g},
-        {train_cfg.schedule} decay, gradients clipped at global norm {train_cfg.clip_norm:g}) on fresh
-        tasks every step, {train_cfg.batch_size} tasks per step, for {e.steps} steps, minimising the
-        half-MSE of its read-out. The model sees only tokens and targets; nothing tells it about
-        gradient descent.
+    t.prose(f"""Now forget the construction. We start a layer from small random weights (every entry ~ N(0, 0.002 /
+        fan_in), iclgd.init_params) and train it with Adam (lr {train_cfg.lr:g}, {train_cfg.schedule} decay, gradients
+        clipped at global norm {train_cfg.clip_norm:g}) on fresh tasks every step, {train_cfg.batch_size} tasks per
+        step, for {e.steps} steps, minimising the half-MSE of its read-out. The model sees only tokens and targets;
+        nothing tells it about gradient descent.
 
-        The library's loop takes a RunConfig with three parts (task, model, train) and a run
-        directory: iclgd.train.train(run_dir, config) writes config.toml, metrics.jsonl and
-        checkpoints there, resumes from the newest checkpoint if one exists, and returns the
-        final state (step, params, optimiser state, data-stream position). The config as it is
-        written to {run_dir / 'config.toml'}:
-    """)
-    t.out(textwrap.indent(run_config_to_toml(config).rstrip(), "    ") + "\n")
+        The library's loop takes a RunConfig with three parts (task, model, train) and a run directory:
+        iclgd.train.train(run_dir, config) writes config.toml, metrics.jsonl and checkpoints there, resumes from the
+        newest checkpoint if one exists, and returns the final state (step, params, optimiser state, data-stream
+        position). The config as it is written to {run_dir / 'config.toml'}:""")
+    t.out(config_block(config))
     state, train_seconds, resumed_from = train_run(t, run_dir, config)
     t.out(f"  trained {state.step} steps in {train_seconds:.1f} s (NumPy oracle backend, float64)\n")
 
@@ -320,16 +259,12 @@ def step3_train(t: Transcript, checks: Checks, s: Settings, run_dir: Path) -> tu
     # about every tenth of the run, and the last logged step
     shown = {min(log, key=lambda r: abs(r["step"] - i * e.steps / 10))["step"] for i in range(10)} | {log[-1]["step"]}
     t.out("  the training loss (on each step's own fresh batch, so it is noisy), from metrics.jsonl:\n"
-          f"  {'step':>6} {'lr':>10} {'loss':>8}")
-    t.out("\n".join(f"  {r['step']:6d} {r['lr']:10.2e} {r['loss']:8.4f}" for r in log if r["step"] in shown) + "\n")
+          + Table(6, 10, 8).block(("step", "lr", "loss"), [(r["step"], f"{r['lr']:.2e}", f"{r['loss']:.4f}") for r in log if r["step"] in shown]))
 
-    t.prose(f"""
-        To evaluate, GD gets the same treatment the paper gave it: its learning rate is tuned by
-        a line search on {e.tune_tasks} tasks from the training distribution
-        (iclgd.evaluate.tune_gd_eta), and the trained layer and GD are then compared on the same
-        {e.val_tasks} held-out validation tasks (iclgd.evaluate.validation_batch; seed
-        {e.seed}, streams that never overlap the training data or each other).
-    """)
+    t.prose(f"""To evaluate, GD gets the same treatment the paper gave it: its learning rate is tuned by a line search
+        on {e.tune_tasks} tasks from the training distribution (iclgd.evaluate.tune_gd_eta), and the trained layer and
+        GD are then compared on the same {e.val_tasks} held-out validation tasks (iclgd.evaluate.validation_batch; seed
+        {e.seed}, streams that never overlap the training data or each other).""")
     # the line search, and every comparison of steps 3 and 4, as `iclgd reproduce one-layer` makes them
     evaluation = evaluate_layer(iclgd.get_backend("numpy"), config, state.params, e, run_dir)
     gd_eta, optimum = evaluation.gd_eta, evaluation.optimum
@@ -340,14 +275,11 @@ def step3_train(t: Transcript, checks: Checks, s: Settings, run_dir: Path) -> tu
            f"within {100 * eta_tolerance:.0f}% ({e.tune_tasks} tasks)", abs(gd_eta / optimum.eta - 1) <= eta_tolerance)
     t.out("")
 
-    t.prose("""
-        How did the layer get there? Its validation loss and the paper's "model cos" (the mean
-        cosine between its sensitivity d yhat / d x_q and the tuned GD weight W1, see step 4) at
-        each checkpoint. The start is ~ zero, predicting ~0 (loss about C/2 = d/6).
-    """)
+    t.prose("""How did the layer get there? Its validation loss and the paper's "model cos" (the mean cosine between its
+        sensitivity d yhat / d x_q and the tuned GD weight W1, see step 4) at each checkpoint. The start is ~ zero,
+        predicting ~0 (loss about C/2 = d/6).""")
     curve = [{"step": row["step"], "val_loss": row["loss"], "model_cos": row["model_cos"]} for row in evaluation.curve]
-    t.out(f"  {'step':>6} {'val loss':>9} {'model cos':>10}\n"
-          + "\n".join(f"  {row['step']:6d} {row['val_loss']:9.4f} {row['model_cos']:10.4f}" for row in curve) + "\n")
+    t.out(Table(6, 9, 10).block(("step", "val loss", "model cos"), [(r["step"], f"{r['val_loss']:.4f}", f"{r['model_cos']:.4f}") for r in curve]))
     training = {"config_toml": run_config_to_toml(config), "steps": state.step, "train_seconds": train_seconds,
                 "resumed_from_step": resumed_from, "final_logged_train_loss": log[-1]["loss"], "gd_eta_line_search": gd_eta,
                 "line_search_tasks": e.tune_tasks, "validation_tasks": e.val_tasks, "curve": curve}
@@ -358,14 +290,11 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
     t.heading("Step 4. The trained layer against one step of GD, on the same tasks")
     batch, gd_eta, optimum, tuned, at_optimum = (evaluation.batch, evaluation.gd_eta, evaluation.optimum, evaluation.tuned,
                                                  evaluation.at_optimum)
-    t.prose(f"""
-        iclgd.evaluate.compare_with_gd runs both on the {s.experiment.val_tasks} validation tasks and reports,
-        each with its standard error over tasks (±): the two half-MSE losses; their paired
-        difference (the mean of per-task differences, which cancels most of the task-to-task
-        noise); "preds diff", the mean |yhat_LSA - yhat_GD|; "model cos", the mean cosine
-        between the sensitivities d yhat/d x_q of the two (GD's is W1); and "model diff", the
-        mean length of the difference of the sensitivities.
-    """)
+    t.prose(f"""iclgd.evaluate.compare_with_gd runs both on the {s.experiment.val_tasks} validation tasks and reports,
+        each with its standard error over tasks (±): the two half-MSE losses; their paired difference (the mean of
+        per-task differences, which cancels most of the task-to-task noise); "preds diff", the mean |yhat_LSA -
+        yhat_GD|; "model cos", the mean cosine between the sensitivities d yhat/d x_q of the two (GD's is W1); and
+        "model diff", the mean length of the difference of the sensitivities.""")
     gd_rms = float(np.sqrt(2 * tuned.gd_loss.mean))
     mean_w1_norm = float(np.mean(np.linalg.norm(baselines.gd_weights(batch.tokens, gd_eta, 1), axis=1)))
     t.out(f"  half-MSE, trained LSA     {tuned.model_loss:.4f}\n  half-MSE, GD (eta {gd_eta:.4f}) {tuned.gd_loss:.4f}\n"
@@ -375,12 +304,10 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
           f"  model diff                {tuned.model_diff:.4f}   (the mean length of W1 is {mean_w1_norm:.4f})\n")
     expected, expected_stderr = evaluation.expected_loss.mean, evaluation.expected_loss.stderr
     excess = expected / optimum.half_mse - 1
-    t.prose(f"""
-        The raw validation loss carries sampling noise of ±{tuned.model_loss.stderr:.4f} from
-        the particular tasks drawn. A sharper estimate of the trained layer's expected loss: GD
-        at eta* has a known expected loss ({optimum.half_mse:.4f}, step 2), so add to it the
-        paired difference between the layer and GD at eta* on the same tasks:
-    """)
+    t.prose(f"""The raw validation loss carries sampling noise of ±{tuned.model_loss.stderr:.4f} from the particular
+        tasks drawn. A sharper estimate of the trained layer's expected loss: GD at eta* has a known expected loss
+        ({optimum.half_mse:.4f}, step 2), so add to it the paired difference between the layer and GD at eta* on the
+        same tasks:""")
     t.out(f"  paired LSA - GD(eta*)     {at_optimum.model_minus_gd:.5f}\n"
           f"  expected LSA half-MSE     {expected:.4f} ± {expected_stderr:.4f}   vs the optimum {optimum.half_mse:.4f} ({100 * excess:+.2f}%)\n")
     if s.experiment.smoke:
@@ -399,38 +326,31 @@ def step4_compare(t: Transcript, checks: Checks, s: Settings, config: RunConfig,
 
     qk, ov = (m[0] for m in effective_matrices(config.model, params)["layer0"])
     d = D_IN
-    t.prose("""
-        Finally, open the layer. Its four trained matrices need not look like the
-        construction's (see the end of step 1), but their products are what the layer computes.
-        Here they are, rounded to two decimals ('.' marks an entry that rounds to 0.00):
-    """)
-    t.out("trained W_q W_k^T\n" + matrix_lines(qk, TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
-    t.out("trained W_v W_o\n" + matrix_lines(ov, TOKEN_LABELS, TOKEN_LABELS, decimals=2) + "\n")
+    t.prose("""Finally, open the layer. Its four trained matrices need not look like the construction's (see the end of
+        step 1), but their products are what the layer computes. Here they are, rounded to two decimals ('.' marks an
+        entry that rounds to 0.00):""")
+    t.out(f"trained W_q W_k^T\n{matrix_lines(qk, TOKEN_LABELS)}\n\ntrained W_v W_o\n{matrix_lines(ov, TOKEN_LABELS)}\n")
     reading = theory.read_gd_layer(qk, ov)  # c: the scale of the identity block; g: minus the (y, y) entry
     c, g, product, other_qk, other_ov = reading.c, reading.g, reading.product, reading.other_qk, reading.other_ov
-    t.prose(f"""
-        Read the prediction off the layer: the query token is (x_q, 0) and only its y-slot is
-        read, so only the x-rows of W_q W_k^T (the query's zero y-entry multiplies the last row)
-        and only the last column of W_v W_o (the y-slot it writes) can matter. The loss does
-        not depend on the last row of W_q W_k^T or on the first {d} columns of W_v W_o, so
-        nothing pulls them anywhere: they hold what is left of the random start (W_q's last
-        row and W_o's first {d} columns never get a gradient). In the part that matters, W_q W_k^T is c times the identity on the
-        x-block and W_v W_o has one entry, -g in the (y, y) corner; everything else there is
-        small:
-    """)
+    off_tuned, off_optimum = 100 * (product * N_CONTEXT / gd_eta - 1), 100 * (product * N_CONTEXT / optimum.eta - 1)  # % off eta / N
+    t.prose(f"""Read the prediction off the layer: the query token is (x_q, 0) and only its y-slot is read, so only the
+        x-rows of W_q W_k^T (the query's zero y-entry multiplies the last row) and only the last column of W_v W_o (the
+        y-slot it writes) can matter. The loss does not depend on the last row of W_q W_k^T or on the first {d} columns
+        of W_v W_o, so nothing pulls them anywhere: they hold what is left of the random start (W_q's last row and W_o's
+        first {d} columns never get a gradient). In the part that matters, W_q W_k^T is c times the identity on the
+        x-block and W_v W_o has one entry, -g in the (y, y) corner; everything else there is small:""")
     t.out(f"  c = mean diagonal of the x-block of W_q W_k^T      = {c:.5f}\n"
           f"  largest other entry in the x-rows of W_q W_k^T     = {other_qk:.5f}  ({100 * other_qk / abs(c):.2f}% of |c|)\n"
           f"  g = -(W_v W_o)[y, y]                               = {g:.5f}\n"
           f"  largest x-entry in the y-column of W_v W_o         = {other_ov:.5f}  ({100 * other_ov / abs(g):.2f}% of |g|)\n"
           f"  c * g                                              = {product:.5f}\n"
-          f"  tuned eta / N                                      = {gd_eta / N_CONTEXT:.5f}  (c*g is {100 * (product * N_CONTEXT / gd_eta - 1):+.2f}% off)\n"
-          f"  eta* / N                                           = {optimum.eta / N_CONTEXT:.5f}  (c*g is {100 * (product * N_CONTEXT / optimum.eta - 1):+.2f}% off)\n"
+          f"  tuned eta / N                                      = {gd_eta / N_CONTEXT:.5f}  (c*g is {off_tuned:+.2f}% off)\n"
+          f"  eta* / N                                           = {optimum.eta / N_CONTEXT:.5f}  (c*g is {off_optimum:+.2f}% off)\n"
           f"  the layer's own learning rate N * c * g            = {reading.eta(N_CONTEXT):.4f}\n")
     if s.experiment.smoke:
         checks("trained product of scales c*g has the sign of eta/N (quick run)", f"{product:.4f}", "> 0", product > 0)
     else:
-        checks("c * g = eta* / N", f"{100 * (product * N_CONTEXT / optimum.eta - 1):+.2f}%", "within 5%",
-               abs(product * N_CONTEXT / optimum.eta - 1) <= 0.05)
+        checks("c * g = eta* / N", f"{off_optimum:+.2f}%", "within 5%", abs(product * N_CONTEXT / optimum.eta - 1) <= 0.05)
         checks("W_q W_k^T is a scaled identity on the x-rows", f"largest other entry {100 * other_qk / abs(c):.2f}% of |c|",
                "<= 5%", other_qk <= 0.05 * abs(c))
         checks("W_v W_o's y-column is a single (y, y) entry", f"largest other entry {100 * other_ov / abs(g):.2f}% of |g|",
@@ -452,13 +372,7 @@ def main(argv=None) -> int:
     settings, t, checks = (QUICK if session.quick else FULL), session.t, session.checks
     results = session.open("a trained one-layer linear self-attention layer does one step of gradient descent",
                            "a trained one-layer LSA does one step of GD with the best learning rate", settings.record())
-    t.prose("""
-        Claim (von Oswald et al., "Transformers Learn In-Context by Gradient Descent", ICML
-        2023, Sec. 3): a single linear self-attention layer trained on in-context linear
-        regression computes one step of gradient descent on its context, with the best learning
-        rate. Setting: d = N = 10, x ~ U(-1, 1)^d (the paper's text; the authors' code uses
-        U(-0.5, 0.5)), w ~ N(0, I), no label noise, one layer, one head, half-MSE loss.
-    """)
+    t.prose(__doc__.split("\n\n")[1])  # the claim
     run_dir = session.out_dir / "run"
     results["step1_construction"] = step1_construction(t, checks, settings)
     results["step2_optimum"] = step2_optimum(t, checks, settings)

@@ -30,7 +30,7 @@ The same experiment, without the narration, is `iclgd reproduce ood` (iclgd.expe
 narrate what its ``measure`` trains and measures, in its setting; the closed forms of step 2 come
 from iclgd.theory.
 
-Conventions (DESIGN.md): tokens e_i = (x_i, y_i), the query token (x_q, 0) last; a = 1, i.e.
+Conventions (docs/conventions.md): tokens e_i = (x_i, y_i), the query token (x_q, 0) last; a = 1, i.e.
 x ~ U(-1, 1)^d in distribution; w ~ N(0, I_d), no label noise; the loss is half the mean squared
 error ("half-MSE").
 """

@@ -1,9 +1,17 @@
 """What the reference walkthroughs share: their command line and run (``Session``: --quick and
 --out, where the results go, the opening lines, the summary), a transcript that prints and keeps
-every line, the list of checks each walkthrough narrates, and small formatting helpers.
+every line, the list of checks each walkthrough narrates, and small formatting helpers (matrices,
+vectors, tables of right-aligned columns).
 
-The walkthroughs run as scripts (``python reference/0N_*.py``), so this file is imported from
-the script's own folder: ``from walkthrough import Session``.
+Every walkthrough runs from the repository root as ``python reference/NAME.py`` (the full run),
+with ``--quick`` (every step, smaller: seconds) and ``--out DIR`` (keep its training runs, and
+with --quick its results, in DIR; default: a new temporary directory).  A full run records what
+it printed in reference/results/NAME.txt and its numbers in reference/results/NAME.json; --quick
+writes those two files into the --out folder instead.  Every number printed comes from the
+walkthrough's code, from explicit seeds, and it exits with status 1 if any check it narrates fails.
+
+The walkthroughs run as scripts, so this file is imported from the script's own folder:
+``from walkthrough import Session``.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import iclgd
+from iclgd.config import run_config_to_toml
 from iclgd.runio import atomic_write_text, list_checkpoints
 from iclgd.train import TrainState, train
 
@@ -79,19 +88,27 @@ class Checks:
         self.transcript = transcript
         self.items: list[Check] = []
 
-    def __call__(self, name: str, measured: str, criterion: str, ok) -> bool:
+    def __call__(self, name: str, measured: str, criterion: str, ok, end: str = "") -> bool:
+        """Record the check and print it, followed by ``end`` (as print's: "\n" adds a blank line)."""
         check = Check(name, measured, criterion, bool(ok))
         self.items.append(check)
-        self.transcript.out(f"  [{'pass' if check.ok else 'FAIL'}] {name}: {measured}   (criterion: {criterion})")
+        self.transcript.out(f"  [{'pass' if check.ok else 'FAIL'}] {name}: {measured}   (criterion: {criterion}){end}")
         return check.ok
+
+    def small(self, name: str, value: float, bound: str, end: str = "") -> bool:
+        """The check that a discrepancy ``value`` is at most ``bound`` (written as the criterion
+        says it, e.g. "1e-12"), its value printed as '1.234e-16'."""
+        return self(name, f"{value:.3e}", f"<= {bound}", value <= float(bound), end)
 
     @property
     def all_passed(self) -> bool:
         return all(check.ok for check in self.items)
 
 
-def matrix_lines(matrix: np.ndarray, row_labels, col_labels, decimals: int = 2) -> str:
-    """A matrix rounded to ``decimals``, entries that round to zero shown as '.'."""
+def matrix_lines(matrix: np.ndarray, row_labels, col_labels=None, decimals: int = 2) -> str:
+    """A matrix rounded to ``decimals``, entries that round to zero shown as '.', its rows and
+    columns labelled (the columns by ``row_labels`` too unless ``col_labels`` are given)."""
+    col_labels = row_labels if col_labels is None else col_labels
     width = decimals + 6
     lines = [" " * 5 + "".join(label.rjust(width) for label in col_labels)]
     for label, row in zip(row_labels, np.asarray(matrix, dtype=np.float64)):
@@ -101,6 +118,41 @@ def matrix_lines(matrix: np.ndarray, row_labels, col_labels, decimals: int = 2) 
             cells.append(".".rjust(width) if rounded == 0 else f"{rounded:{width}.{decimals}f}")
         lines.append(label.rjust(5) + "".join(cells))
     return "\n".join(lines)
+
+
+def config_block(config) -> str:
+    """A RunConfig as config.toml holds it (iclgd.config.run_config_to_toml), indented four spaces
+    and followed by a blank line."""
+    return textwrap.indent(run_config_to_toml(config).rstrip(), "    ") + "\n"
+
+
+def percent(part: float, whole: float, decimals: int = 2) -> str:
+    """``part`` as a signed percentage of ``whole``: 100 part / whole, e.g. '+1.23%'."""
+    return f"{100 * part / whole:+.{decimals}f}%"
+
+
+def vector_line(vector, decimals: int = 4) -> str:
+    """A vector as '[v1, v2, ...]', each entry with ``decimals`` decimals."""
+    return "[" + ", ".join(f"{float(v):.{decimals}f}" for v in vector) + "]"
+
+
+class Table:
+    """Columns of fixed widths: ``line(*cells)`` indents by two spaces and right-aligns each cell
+    (its ``str``) in its column, one space between columns, so a header and its rows line up
+    (``block``: all of them).  Fewer cells than columns leave the last columns off; more are an
+    error."""
+
+    def __init__(self, *widths: int):
+        self.widths = widths
+
+    def line(self, *cells) -> str:
+        if len(cells) > len(self.widths):
+            raise ValueError(f"{len(cells)} cells for {len(self.widths)} columns")
+        return "  " + " ".join(str(cell).rjust(width) for cell, width in zip(cells, self.widths))
+
+    def block(self, header, rows) -> str:
+        """The header line, a line per row (each a sequence of cells) and a blank line."""
+        return "\n".join([self.line(*header), *(self.line(*row) for row in rows)]) + "\n"
 
 
 def max_abs_diff(a, b) -> float:
@@ -117,6 +169,18 @@ def train_run(t: Transcript, run_dir: Path, config) -> tuple[TrainState, float, 
     started = time.perf_counter()
     state = train(run_dir, config, quiet=False)
     return state, time.perf_counter() - started, resumed_from
+
+
+def train_runs(t: Transcript, run_dir: Path, configs: dict) -> tuple[dict, dict]:
+    """Train (or resume, or find finished) every run of ``configs`` (name -> RunConfig) in
+    ``run_dir``/name, then print how long each took: ({name: (model config, final params)},
+    {name: seconds})."""
+    trained, seconds = {}, {}
+    for name, config in configs.items():
+        state, seconds[name], _ = train_run(t, run_dir / name, config)
+        trained[name] = (config.model, state.params)
+    t.out("  trained in " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()) + "\n")
+    return trained, seconds
 
 
 def parse_args(argv, doc: str, quick_help: str, runs: str):

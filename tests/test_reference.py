@@ -79,6 +79,14 @@ def walkthrough(monkeypatch):
     return load
 
 
+def test_no_walkthrough_is_longer_than_400_lines():
+    # the rule that keeps them readable: theory a walkthrough derives in code moves into the library (iclgd.theory,
+    # iclgd.scoring), settings come from iclgd.experiments, shared printing from reference/walkthrough.py
+    lengths = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in sorted(REFERENCE.glob("0*.py"))}
+    assert set(lengths) >= {"01_one_step_gd.py", "02_multi_layer.py", "03_out_of_distribution.py"}
+    assert all(length <= 400 for length in lengths.values()), lengths
+
+
 def test_walkthrough_01_trains_the_one_layer_experiments_run_on_the_numpy_oracle_logged_every_50th_step(walkthrough):
     w01 = walkthrough("01_one_step_gd")
     for settings, experiment in ((w01.FULL, OneLayerSetting(backend="numpy", tune_tasks=10_000, n_curve_points=10)),

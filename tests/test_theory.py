@@ -1,4 +1,5 @@
-"""iclgd.theory: the closed forms against hand computation and Monte Carlo, the eigenbasis formula
+"""iclgd.theory: the closed forms against hand computation and Monte Carlo, GD++ token by token against
+the recursion worked by hand and the vectorised GD++, the construction's products, the eigenbasis formula
 against the direct GD++ recursion, and the layer readings on constructions whose scales are known."""
 from fractions import Fraction
 
@@ -95,6 +96,51 @@ def test_the_best_etas_standard_error_is_its_spread_over_independent_samples():
     assert np.mean([d.stderr for d in draws]) == pytest.approx(spread, rel=0.15)
 
 
+# --- GD++ token by token, and the products of the layer that does it --------------------------
+
+
+@pytest.mark.parametrize("gamma, steps, expected", [(0.125, 1, 0.75), (0.125, 2, 0.84375), (0.0, 2, 1.125)])
+def test_gdpp_token_by_token_on_one_pair_is_the_recursion_worked_by_hand(gamma, steps, expected):
+    # d = N = 1, context (x, y) = (2, 3), query (1, 0), eta = 1/8.  Step 1: the query's y-slot gets
+    # -(eta/N)(2 * 1) * 3 = -0.75; the context token becomes x = 2 - gamma * 4 * 2, y = 3 - (1/8) * 4 * 3 = 1.5 and
+    # the query x = 1 - gamma * 2 * 2.  gamma = 1/8: (1, 1.5), x_q = 0.5, and step 2 adds -(1/8)(1 * 0.5) * 1.5 = -0.09375.
+    # gamma = 0: (2, 1.5), x_q = 1, and step 2 adds -(1/8)(2 * 1) * 1.5 = -0.375, which is two GD steps:
+    # W1 = (1/8) * 3 * 2 = 0.75, W2 = W1 - (1/8)(W1 * 2 - 3) * 2 = 1.125.
+    tokens = np.array([[2.0, 3.0], [1.0, 0.0]])
+    assert theory.gdpp_token_by_token(tokens, 0.125, gamma, steps) == expected
+
+
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(0, 3), st.floats(-1.0, 1.5), st.floats(-0.5, 0.8), seeds)
+def test_gdpp_token_by_token_predicts_what_the_vectorised_gdpp_predicts(d, n_context, steps, eta, gamma, seed):
+    batch = random_batch(d, n_context, 3, seed)
+    by_hand = [theory.gdpp_token_by_token(tokens, eta, gamma, steps) for tokens in batch.tokens]
+    assert np.allclose(by_hand, baselines.gdpp_predict(batch.tokens, eta, gamma, steps), rtol=1e-12, atol=1e-12)
+
+
+def test_gdpp_token_by_token_leaves_its_input_alone():
+    tokens = random_batch(3, 4, 1, seed=2).tokens[0]
+    kept = tokens.copy()
+    theory.gdpp_token_by_token(tokens, 0.9, 0.4, 3)
+    assert np.array_equal(tokens, kept)
+
+
+@pytest.mark.parametrize("eta, gamma", [(0.9, 0.4), (0.7, 0.0), (-0.3, 1.7)])
+def test_gdpp_products_are_the_products_of_the_gdpp_construction(eta, gamma):
+    cfg = iclgd.LSAConfig(d=4, n_layers=1, n_heads=1, n_context=6)
+    qk, ov = theory.gdpp_products(4, 6, eta, gamma)
+    constructed = [m[0] for m in effective_matrices(cfg, iclgd.gdpp_construction(cfg, eta, gamma))["layer0"]]
+    assert np.allclose(qk, constructed[0], rtol=0, atol=1e-15) and np.allclose(ov, constructed[1], rtol=0, atol=1e-15)
+    # by hand: the identity on the x-block of W_QK; -gamma/N on the x-diagonal of W_OV and -eta/N in its (y, y) corner
+    assert np.array_equal(qk, np.diag([1.0, 1.0, 1.0, 1.0, 0.0]))
+    assert np.array_equal(ov, np.diag([-gamma / 6] * 4 + [-eta / 6]))
+
+
+def test_gdpp_products_with_gamma_0_are_the_products_of_the_gd_construction():
+    qk, ov = gd_products(0.7)
+    expected_qk, expected_ov = theory.gdpp_products(4, 5, 0.7, 0.0)
+    assert np.allclose(qk, expected_qk, rtol=0, atol=1e-15) and np.allclose(ov, expected_ov, rtol=0, atol=1e-15)
+
+
 # --- K steps in the eigenbasis of a context ---------------------------------------------------
 
 
@@ -189,3 +235,19 @@ def test_the_gdpp_reading_reports_the_y_row_that_a_deeper_model_reads():
     qk[3, 1], ov[3, 0], ov[2, 3] = 0.02, -0.04, 0.01
     reading = theory.read_gdpp_layer(qk, ov)
     assert (reading.other_qk, reading.other_ov_x, reading.other_ov_y) == pytest.approx((0.02, 0.04, 0.01))
+
+
+def test_the_gdpp_readings_relative_other_entries_are_each_over_its_own_scale():
+    # d = 2, c = 2 with one stray 0.5 (the query's x reaching the y-key); g_x = 0.1 with a stray 0.05 written into an
+    # x-slot; g_y = 0.8 with a stray 0.3 in the y-column: (0.5 / 2, 0.05 / 0.1, 0.3 / 0.8)
+    qk = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.5], [0.0, 0.0, 0.0]])
+    ov = np.array([[-0.1, 0.05, 0.3], [0.0, -0.1, 0.0], [0.0, 0.0, -0.8]])
+    reading = theory.read_gdpp_layer(qk, ov)
+    assert (reading.c, reading.g_x, reading.g_y) == pytest.approx((2.0, 0.1, 0.8))
+    assert reading.relative_other == pytest.approx((0.25, 0.5, 0.375))
+
+
+def test_the_gdpp_construction_has_no_entry_outside_its_pattern():
+    reading = theory.read_gdpp_layer(*theory.gdpp_products(3, 6, 0.9, 0.4))
+    assert (reading.c, reading.g_x, reading.g_y) == pytest.approx((1.0, 0.4 / 6, 0.9 / 6))
+    assert reading.relative_other == (0.0, 0.0, 0.0)
