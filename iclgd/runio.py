@@ -108,10 +108,14 @@ def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     path = Path(path)
     headers = {}
     try:
+        real_size = os.path.getsize(path)
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
                 if not info.filename.endswith(".npy"):
                     raise RunFileError(f"{path}: member {info.filename!r} is not a .npy array")
+                if info.header_offset + info.compress_size > real_size:  # the zip's own sizes are the writer's word
+                    raise RunFileError(f"{path}: member {info.filename!r} claims {info.compress_size} stored bytes "
+                                       f"in a file of {real_size}")
                 ratio_cap = 1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO
                 if info.file_size > ratio_cap * info.compress_size + 1024:
                     raise RunFileError(
@@ -128,10 +132,12 @@ def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                         f"in a member of {info.file_size} bytes"
                     )
                 headers[info.filename[:-4]] = (shape, dtype)
-    except (zipfile.BadZipFile, ValueError, EOFError, KeyError) as error:
-        if isinstance(error, RunFileError):
-            raise
-        raise RunFileError(f"{path}: not a readable .npz file ({error})") from None
+    except RunFileError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any damage (bad zip, unknown compression, encryption, I/O): refuse by name
+        raise RunFileError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
     return headers
 
 
@@ -158,8 +164,10 @@ def load_npz(path: Path, expected: dict[str, tuple[tuple[int, ...], str]] | None
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
-        raise RunFileError(f"{path}: not a readable .npz file ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - damage found while reading the data: refuse by name
+        raise RunFileError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
 
 
 def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
@@ -175,15 +183,22 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.npz"
 
 
+#: The files the training writer writes (its temp files are its own to clean up); results, reports
+#: and figures are written by whoever evaluates the run, outside the training lock.
+TRAINING_FILES = ("config.toml", "metrics.jsonl", LOCK_FILE)
+
+
 def remove_temp_files(run_dir: Path) -> list[Path]:
-    """Delete the temp files (``.NAME.XXXX.tmp``) that killed writers left in the run directory and
-    its checkpoint folder; returns what was removed.  Call it only while holding the RunLock."""
-    removed = []
-    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):
-        for path in folder.glob(f".*{TEMP_SUFFIX}") if folder.is_dir() else []:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+    """Delete the temp files (``.NAME.XXXX.tmp``) that killed training writers left: those of
+    TRAINING_FILES and of every checkpoint; returns what was removed.  Call it only while holding
+    the RunLock."""
+    run_dir = Path(run_dir)
+    candidates = [p for name in TRAINING_FILES for p in run_dir.glob(f".{name}.*{TEMP_SUFFIX}")]
+    if (run_dir / CHECKPOINT_DIR).is_dir():
+        candidates += list((run_dir / CHECKPOINT_DIR).glob(f".*{TEMP_SUFFIX}"))
+    for path in candidates:
+        path.unlink(missing_ok=True)
+    return candidates
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

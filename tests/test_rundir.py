@@ -378,3 +378,105 @@ def test_a_run_sigkilled_at_twenty_random_moments_resumes_to_the_bit_exact_final
             shutil.rmtree(run)  # finished before the kill: start again, the kills must land mid-run
     assert _start(["train", "--config", str(config), "--out", str(run), "--quiet"]).wait(300) == 0
     assert _final_checkpoint_bytes(run) == whole
+
+
+# --- found on review ------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_of_a_model_of_other_shapes_is_refused_not_skipped_as_damage(tmp_path):
+    from iclgd.config import run_config_from_dict as build
+
+    deep = build({**SMALL, "model": {"n_layers": 3, "n_heads": 2}, "train": {"steps": 40, "batch_size": 64, "checkpoint_every": 10}})
+    train(tmp_path / "deep", deep)
+    config = small_config()
+    train(tmp_path / "ours", config)
+    truncate_after(tmp_path / "ours", 20)
+    shutil.copy(runio.checkpoint_path(tmp_path / "deep", 30), runio.checkpoint_path(tmp_path / "ours", 30))
+    with pytest.raises(CheckpointMismatch, match="checkpoint of another run"):
+        train(tmp_path / "ours", config)
+
+
+def test_a_zip_whose_stored_sizes_exceed_the_file_is_refused_before_reading(tmp_path):
+    path = tmp_path / "x.npz"
+    runio.save_npz(path, {"a": np.zeros(8)})
+    raw = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 18), (b"PK\x01\x02", 20)):  # compressed size fields
+        at = raw.index(signature)
+        raw[at + offset : at + offset + 4] = (10**6).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(runio.RunFileError):
+        runio.load_npz(path)
+
+
+@pytest.mark.parametrize("method", [99, 12])
+def test_a_checkpoint_with_an_unknown_compression_is_skipped_as_damaged(tmp_path, capsys, method):
+    config = small_config()
+    train(tmp_path, config)
+    truncate_after(tmp_path, 30)
+    path = runio.checkpoint_path(tmp_path, 30)
+    raw = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = raw.index(signature)
+        raw[at + offset : at + offset + 2] = method.to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    train(tmp_path, config)
+    assert f"skipping damaged checkpoint: {path}" in capsys.readouterr().err
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume_not_glued_to_the_next(tmp_path):
+    config = small_config()
+    whole = tmp_path / "whole"
+    train(whole, config)
+    run = tmp_path / "run"
+    train(run, config)
+    truncate_after(run, 20)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] < 20]
+    (run / "metrics.jsonl").write_text("\n".join(kept) + '\n{"step": 20, "lo')  # a crash mid-append
+    train(run, config)
+    steps = [r["step"] for r in runio.read_jsonl(run / "metrics.jsonl")]
+    assert steps == [r["step"] for r in runio.read_jsonl(whole / "metrics.jsonl")]
+
+
+def test_temp_files_of_other_writers_in_the_run_folder_are_left_alone(tmp_path):
+    config = small_config()
+    train(tmp_path, config)
+    results_in_flight = tmp_path / ".results.json.k2j3h4.tmp"
+    results_in_flight.write_text("{")
+    train(tmp_path, config)
+    assert results_in_flight.exists()
+
+
+def test_an_interrupt_names_the_step_of_the_last_checkpoint_the_rerun_resumes_from(tmp_path, monkeypatch):
+    from iclgd.train import RunInterrupted
+    from iclgd.train import rundir as rundir_module
+
+    config = small_config(steps=40, checkpoint_every=20)
+    real_record, calls = rundir_module.RunDirectory.record, []
+
+    def record_then_interrupt(self, new_state, records):
+        real_record(self, new_state, records)
+        calls.append(new_state.step)
+        if new_state.step == 30:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir_module.RunDirectory, "record", record_then_interrupt)
+    monkeypatch.setattr("iclgd.train.loop.ADVANCE_CHUNK", 10)
+    with pytest.raises(RunInterrupted, match="interrupted at step 20;"):
+        train(tmp_path, config)
+    assert runio.list_checkpoints(tmp_path)[-1][0] == 20
+
+
+@pytest.mark.skipif("jax" not in installed_backends(), reason="jax is an optional extra")
+def test_seeds_resumed_at_different_steps_end_where_an_uninterrupted_multi_seed_run_ends(tmp_path):
+    from iclgd.train import train_seeds
+
+    configs = [small_config(seed=s, backend="jax") for s in (0, 1)]
+    train_seeds([tmp_path / "w0", tmp_path / "w1"], configs)
+    split = [tmp_path / "s0", tmp_path / "s1"]
+    train_seeds(split, configs)
+    truncate_after(split[0], 10)
+    truncate_after(split[1], 20)  # as a kill between the two runs' checkpoint saves leaves them
+    train_seeds(split, configs)
+    for one, other in zip((tmp_path / "w0", tmp_path / "w1"), split):
+        assert runio.list_checkpoints(one)[-1][1].read_bytes() == runio.list_checkpoints(other)[-1][1].read_bytes()

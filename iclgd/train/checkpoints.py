@@ -77,6 +77,8 @@ def load_checkpoint(path: Path, dtype: str, config=None) -> TrainState:
     match; otherwise RunFileError says what differs.  Without it, the headers are still checked
     for size, so a crafted file cannot make the reader allocate more than the file holds."""
     path = Path(path)
+    if config is not None:
+        _refuse_another_runs(path, config)
     data = runio.load_npz(path, checkpoint_layout(config) if config is not None else None)
 
     def group(prefix):
@@ -90,6 +92,24 @@ def load_checkpoint(path: Path, dtype: str, config=None) -> TrainState:
     if config is not None:
         _check_identity(path, data, state, config)
     return state
+
+
+def _refuse_another_runs(path: Path, config) -> None:
+    """CheckpointMismatch when the file's fingerprint (read alone, after the header checks) names
+    another run: a checkpoint of a model of other shapes or dtype is another run's, not damage."""
+    headers = runio.npz_headers(path)
+    shape_dtype = headers.get("fingerprint")
+    if shape_dtype is None or shape_dtype[0] != () or shape_dtype[1].kind != "U" or shape_dtype[1].itemsize > runio.MAX_TEXT_BYTES:
+        return  # no readable fingerprint: the layout check reports the damage
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            found = str(data["fingerprint"])
+    except Exception:  # noqa: BLE001 - unreadable: the full load reports it as damage
+        return
+    if found != config_fingerprint(config):
+        raise CheckpointMismatch(
+            f"{path} is a checkpoint of another run (config fingerprint {found}; this run's is {config_fingerprint(config)})"
+        )
 
 
 def _check_identity(path: Path, data: dict, state: TrainState, config) -> None:

@@ -47,9 +47,11 @@ class _OneByOne:
         return [r[0] for r in results], [r[1] for r in results]
 
 
-def _trainer_for(backend, runs: list[RunDirectory]):
-    """One vmapped program for many seeds where the backend has one, else a trainer per run."""
-    if len(runs) > 1 and runs[0].config.model.family == "lsa":
+def _trainer_for(backend, runs: list[RunDirectory], several: bool):
+    """One vmapped program for the runs where the backend has one and the call trains several
+    seeds (``several``: also for a group of one, so that seeds resumed at different steps compute
+    exactly as an uninterrupted multi-seed run does), else a trainer per run."""
+    if several and runs[0].config.model.family == "lsa":
         program = backend.seeds_trainer(runs[0].config, [run.config.train.seed for run in runs])
         if program is not None:
             return program
@@ -80,8 +82,8 @@ def train_seeds(run_dirs: list, configs: list, *, quiet: bool = True, backend=No
             diverged = _train_runs(backend, runs, quiet)
     except (KeyboardInterrupt, _Stopped) as stop:
         signal_number = stop.signal_number if isinstance(stop, _Stopped) else int(signal.SIGINT)
-        done = min((run.state.step for run in runs), default=0)
-        where = runs[0].path if len(runs) == 1 else f"{len(runs)} runs"
+        done = min((run.saved_step for run in runs), default=0)  # what a rerun resumes from
+        where = runs[0].path if len(runs) == 1 else f"{len(run_dirs)} runs"
         raise RunInterrupted(
             signal_number,
             f"{where}: interrupted at step {done}; rerun the same command to resume",
@@ -97,9 +99,9 @@ def train_seeds(run_dirs: list, configs: list, *, quiet: bool = True, backend=No
 def _train_runs(backend, runs: list[RunDirectory], quiet: bool) -> list[str]:
     """Advance every run to its last step; returns the messages of the runs that diverged."""
     train_cfg = runs[0].config.train
-    diverged = []
+    diverged, several = [], len(runs) > 1
     for group in _groups_by_step(runs):
-        trainer = _trainer_for(backend, group)
+        trainer = _trainer_for(backend, group, several)
         step = group[0].state.step
         progress = Progress(train_cfg.steps, enabled=not quiet, first_step=step)
         while step < train_cfg.steps and group:
@@ -115,7 +117,7 @@ def _train_runs(backend, runs: list[RunDirectory], quiet: bool) -> list[str]:
                     diverged.append(str(error))
             if len(going_on) != len(group):
                 group = going_on
-                trainer = _trainer_for(backend, group) if group else None
+                trainer = _trainer_for(backend, group, several) if group else None
             step = boundary
             losses = [r[-1].loss for r in records if r]
             if group and losses:

@@ -80,6 +80,7 @@ class RunDirectory:
             runio.warn(f"removed {path}, left by a writer that was killed")
         self.metrics = self.path / "metrics.jsonl"
         self.state, self.last_checkpoint = latest_checkpoint(self.path, config.model.dtype, config)
+        self.saved_step = 0 if self.state is None else self.state.step
         self.elapsed_before = 0.0
         if self.state is None:
             if not (self.path / "config.toml").exists():
@@ -90,9 +91,12 @@ class RunDirectory:
         else:  # keep the metrics logged before the checkpoint (steps < its step); later lines are redone
             logged = runio.read_jsonl(self.metrics)
             kept = [r for r in logged if isinstance(r.get("step"), int) and r["step"] < self.state.step]
-            if kept != logged or not self.metrics.exists():
+            raw = self.metrics.read_text(encoding="utf-8", errors="replace") if self.metrics.exists() else None
+            whole = raw is not None and raw.count("\n") == len(logged) and (raw == "" or raw.endswith("\n"))
+            if kept != logged or not whole:  # later lines, or a torn or damaged line: rewrite without them
                 runio.atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
-            self.elapsed_before = kept[-1]["wall_time"] if kept else 0.0
+            times = [r.get("wall_time") for r in kept if isinstance(r.get("wall_time"), (int, float))]
+            self.elapsed_before = float(times[-1]) if times else 0.0
             if not quiet:
                 done = "finished" if self.state.step >= config.train.steps else "resuming"
                 print(f"{self.path}: {done} at step {self.state.step} of {config.train.steps}", file=sys.stderr)
@@ -123,9 +127,10 @@ class RunDirectory:
                 f"Adam moment non-finite; nothing after it was saved, the last good checkpoint is {self.last_checkpoint}. "
                 "Try a smaller lr or clip_norm."
             )
-        self.state = new_state
         if new_state.step % train_cfg.checkpoint_every == 0 or new_state.step == train_cfg.steps:
             self.last_checkpoint = save_checkpoint(self.path, new_state, self.config)
+            self.saved_step = new_state.step
+        self.state = new_state
 
 
 def _all_finite(state: TrainState) -> bool:
