@@ -59,6 +59,13 @@ class EmptyState(NamedTuple):
     """The state of a transform that keeps none."""
 
 
+class ClipState(NamedTuple):
+    """What clipping measured at its last update: the global norm of the updates it was given
+    (NaN before the first), so that a trainer can report it without measuring it again."""
+
+    norm: float
+
+
 class ScheduleState(NamedTuple):
     """The number of updates a schedule-driven transform has made."""
 
@@ -107,7 +114,7 @@ def global_norm(grads: Params) -> float:
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """u <- u * min(1, c / ||u||) with ||u|| = global_norm(u); u unchanged when ||u|| is 0 or
-    NaN, or at most c.  Keeps no state."""
+    NaN, or at most c (c = inf never clips).  Its state, ClipState, is the norm it measured."""
     max_norm = float(max_norm)
     if not max_norm >= 0:
         raise ValueError(f"max_norm must be a non-negative number; got {max_norm}")
@@ -116,10 +123,10 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         norm = global_norm(updates)
         scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
         if scale == 1.0:
-            return updates, state
-        return {name: u * scale for name, u in updates.items()}, state
+            return updates, ClipState(norm)
+        return {name: u * scale for name, u in updates.items()}, ClipState(norm)
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return GradientTransformation(lambda params: ClipState(math.nan), update)
 
 
 # --- Adam -----------------------------------------------------------------------------------------
@@ -244,17 +251,17 @@ class AdamConfig:
 
 
 def adam_chain(config: AdamConfig) -> GradientTransformation:
-    """chain(clip_by_global_norm(clip_norm) (the identity when clip_norm is None),
-    scale_by_adam(beta1, beta2, eps), scale_by_learning_rate(config.learning_rate)).
-    Its state is (EmptyState(), AdamState, ScheduleState); see adam_chain_state."""
-    clip = identity() if config.clip_norm is None else clip_by_global_norm(config.clip_norm)
+    """chain(clip_by_global_norm(clip_norm) (clip_norm None: inf, which never clips but still
+    measures the norm), scale_by_adam(beta1, beta2, eps), scale_by_learning_rate(config.learning_rate)).
+    Its state is (ClipState, AdamState, ScheduleState); see adam_chain_state and gradient_norm."""
+    clip = clip_by_global_norm(math.inf if config.clip_norm is None else config.clip_norm)
     rate = schedule_from_name(config.schedule, config.lr, config.warmup_steps, config.total_steps)
     return chain(clip, scale_by_adam(config.beta1, config.beta2, config.eps), scale_by_learning_rate(rate))
 
 
 def adam_chain_state(state: AdamState) -> tuple:
     """AdamState -> the state of ``adam_chain``: the schedule has made as many updates as Adam."""
-    return (EmptyState(), state, ScheduleState(state.count))
+    return (ClipState(math.nan), state, ScheduleState(state.count))
 
 
 def adam_state_of(chain_state: tuple) -> AdamState:
@@ -262,8 +269,13 @@ def adam_state_of(chain_state: tuple) -> AdamState:
     return chain_state[1]
 
 
+def gradient_norm(chain_state: tuple) -> float:
+    """The global norm of the gradient the last update of ``adam_chain`` was given (before clipping)."""
+    return chain_state[0].norm
+
+
 def adam_update(config: AdamConfig, params: Params, grads: Params, state: AdamState) -> tuple[Params, AdamState, float]:
     """One step of ``adam_chain(config)`` from ``state``; returns (new params, new state, the
     gradient's global norm before clipping)."""
     updates, chain_state = adam_chain(config).update(grads, adam_chain_state(state), params)
-    return apply_updates(params, updates), adam_state_of(chain_state), global_norm(grads)
+    return apply_updates(params, updates), adam_state_of(chain_state), gradient_norm(chain_state)

@@ -253,10 +253,11 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path, self.fd = Path(run_dir), None
 
-    def acquire(self) -> "RunLock":
+    def _locked_descriptor(self) -> int:
+        """A descriptor of the directory holding ``flock(LOCK_EX | LOCK_NB)``, or RunLocked naming
+        the holder when another process has it."""
         import fcntl
 
-        self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -264,7 +265,11 @@ class RunLock:
             os.close(fd)
             raise RunLocked(f"{self.path} is being written by another process ({self.holder()}); "
                             "wait for it to finish or choose another output directory") from None
-        self.fd = fd
+        return fd
+
+    def acquire(self) -> "RunLock":
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.fd = self._locked_descriptor()
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
                   "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         try:
@@ -276,18 +281,8 @@ class RunLock:
 
     def check_free(self) -> None:
         """Raise RunLocked if another process holds the lock now (takes and drops it; writes nothing)."""
-        import fcntl
-
-        if not self.path.is_dir():
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"{self.path} is being written by another process ({self.holder()}); "
-                            "wait for it to finish or choose another output directory") from None
-        finally:
-            os.close(fd)
+        if self.path.is_dir():
+            os.close(self._locked_descriptor())
 
     def holder(self) -> str:
         """Who holds the lock, as ``.lock`` says (best effort: it may be mid-write)."""

@@ -14,6 +14,7 @@ from iclgd.optim import (
     SCHEDULES,
     AdamConfig,
     AdamState,
+    ClipState,
     EmptyState,
     ScheduleState,
     adam_chain,
@@ -104,7 +105,7 @@ def test_a_chain_feeds_each_transform_the_previous_ones_output():
 def test_the_state_of_a_chain_is_the_tuple_of_its_transforms_states():
     params = draw_params(np.random.default_rng(0), np.float64)
     state = chain(clip_by_global_norm(1.0), scale_by_adam(), scale_by_learning_rate(0.1)).init(params)
-    assert state[0] == EmptyState() and state[2] == ScheduleState(0)
+    assert isinstance(state[0], ClipState) and math.isnan(state[0].norm) and state[2] == ScheduleState(0)
     assert state[1].count == 0 and all(not m.any() for m in state[1].m.values())
 
 
@@ -389,3 +390,13 @@ def test_a_step_record_is_finite_only_when_loss_grad_norm_and_params_are():
     assert not StepRecord(0, 1.0, 0.1, 2.0, params_finite=False).finite
     assert not StepRecord(0, float("nan"), 0.1, 2.0).finite
     assert not StepRecord(0, 1.0, 0.1, float("inf")).finite
+
+
+def test_clipping_reports_the_norm_it_measured_so_no_one_measures_it_again():
+    grads = {"a": np.array([3.0, 0.0]), "b": np.array([[0.0, 4.0]])}  # global norm 5
+    for max_norm in (1.0, 10.0, math.inf):
+        _, state = clip_by_global_norm(max_norm).update(grads, clip_by_global_norm(max_norm).init(grads))
+        assert state == ClipState(5.0)
+    _, _, reported = adam_update(AdamConfig(lr=0.1), {k: np.zeros_like(v) for k, v in grads.items()}, grads,
+                                 AdamState.zeros_like(grads))
+    assert reported == 5.0

@@ -124,8 +124,11 @@ class Backend(ABC):
         return float(0.5 * np.mean((self._predict(cfg, params, tokens) - targets) ** 2))
 
     def _sample_loss_and_grad(self, cfg, task, params: dict, batch_size: int, rng: np.random.Generator):
+        """(loss, grads) on ``task.sample(batch_size, rng)``; params are checked already, the batch
+        is checked against cfg here (its N and d, cast to cfg.dtype)."""
         batch = task.sample(batch_size, rng)
-        return self._loss_and_grad(cfg, params, *self._checked_batch(cfg, params, batch)[1:])
+        tokens = check_tokens(cfg, batch.tokens)
+        return self._loss_and_grad(cfg, params, tokens, check_targets(cfg, batch.targets, tokens.shape[0]))
 
 
 #: The name the host engines (numpy, numba) subclassed before the contract was written out.

@@ -12,7 +12,7 @@ import numpy as np
 
 from iclgd import gd_models
 from iclgd.models import init_params
-from iclgd.optim import AdamState, adam_chain, adam_chain_state, adam_state_of, apply_updates, global_norm
+from iclgd.optim import AdamState, adam_chain, adam_chain_state, adam_state_of, apply_updates, gradient_norm
 from iclgd.streams import batch_rng, init_rng, init_seed  # noqa: F401 (init_seed re-exported)
 
 
@@ -99,7 +99,7 @@ class HostTrainer:
             updates, opt_state = self.optimizer.update(grads, adam_chain_state(state.adam), state.params)
             params = apply_updates(state.params, updates)
             params_finite = all(bool(np.isfinite(p).all()) for p in params.values())
-            records.append(StepRecord(state.step, loss, lr, global_norm(grads), params_finite))
+            records.append(StepRecord(state.step, loss, lr, gradient_norm(opt_state), params_finite))
             if not records[-1].finite:
                 break
             state = TrainState(state.step + 1, params, adam_state_of(opt_state))
