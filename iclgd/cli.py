@@ -139,6 +139,8 @@ def _check_seeds(config, n_seeds: int) -> None:
             f"training, and it may open {files} files (ulimit -n), {limits.RESERVED_FILES} of them kept for everything else; "
             f"use at most {max(0, files - limits.RESERVED_FILES)} seeds or raise the limit"
         )
+    if config.model.family == "transformer":  # trained one after the other: one run's memory at a time
+        return
     together = config.train.backend == "jax"
     lsa = config.model.lsa_config() if config.model.family != "lsa" else config.model
     limits.check_bytes(
@@ -333,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tasks", type=int, default=200_000, help="Monte Carlo tasks for the optimum check")
     check.set_defaults(run=_check)
 
-    train = command(commands, "train", "train a model (an LSA, or GD/GD++ with learned rates) from a TOML config ([task], [model], [train])")
+    train = command(commands, "train", "train a model (an LSA, GD/GD++ with learned rates, or the developmental-landscape transformer) from a TOML config ([task], [model], [train])")
     train.add_argument("--config", required=True, help="TOML file")
     train.add_argument("--out", required=True, help="run directory (resumed if it holds an unfinished run)")
     train.add_argument("--set", action="append", default=None, metavar="TABLE.KEY=VALUE",

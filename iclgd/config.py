@@ -1,10 +1,13 @@
 """Run configuration files: TOML with [task], [model] and [train] tables.
 
-    [task]   fields of iclgd.LinearRegressionTask (d, n_context, x_scale, ...)
+    [task]   fields of iclgd.LinearRegressionTask (d, n_context, x_scale, ...); for family
+             "transformer", of iclgd.NoisyRegressionTask (d, n_examples, noise_variance, n_tasks, ...)
     [model]  family = "lsa" (default): fields of iclgd.LSAConfig; family = "gd" or "gdpp": K steps of
              GD / GD++ with learned rates, fields of iclgd.gd_models.LearnedGDConfig (n_layers,
-             tied, dtype); d and n_context default to the task's
-    [train]  fields of TrainConfig below (steps, batch_size, lr, seed, checkpoint_every, backend, ...)
+             tied, dtype); d and n_context default to the task's.  family = "transformer": fields
+             of iclgd.TransformerConfig; d and n_examples default to the task's
+    [train]  fields of TrainConfig below (steps, batch_size, lr, seed, checkpoint_every, backend, ...);
+             ``checkpoints = {log = 100, linear = 100}`` adds the paper's checkpoint grid
 
 `iclgd train --set table.key=value` (``apply_overrides``) changes any key before validation.
 
@@ -13,11 +16,15 @@ while reading.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,12 +35,48 @@ from iclgd import gd_models, limits
 from iclgd._checks import finite_float, nonnegative_int, positive_int
 from iclgd.backends import available_backends
 from iclgd.gd_models import VARIANTS, LearnedGDConfig
-from iclgd.models import LSAConfig
+from iclgd.models import LSAConfig, TransformerConfig
+from iclgd.models import transformer as transformer_model
 from iclgd.models.lsa import check_init_scale
 from iclgd.optim import SCHEDULES, AdamConfig
-from iclgd.tasks import LinearRegressionTask
+from iclgd.tasks import LinearRegressionTask, NoisyRegressionTask
 
 SAMPLERS = ("numpy", "jax")
+
+#: The default LSA init scale (TrainConfig.init_scale); the transformer has its own init and refuses another value.
+DEFAULT_INIT_SCALE = 0.002
+
+#: Sequences per distribution in the validation set a transformer run evaluates at every checkpoint
+#: (the authors' eval batch size).
+DEFAULT_EVAL_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class CheckpointGrid:
+    """Checkpoints on the union of ``log`` log-spaced and ``linear`` linear-spaced steps of a run of
+    T steps, as the developmental-landscape paper's code places them:
+
+        linear: floor(linspace(0, T - 1, linear))        log: floor(geomspace(1, T - 1, log))
+
+    (100 + 100 over T = 500,000 give 190 distinct steps, among them 984, 40,292, 126,262, 318,181
+    and 499,999.)  Step s is the state after s updates."""
+
+    log: int = 0
+    linear: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("log", "linear"):
+            object.__setattr__(self, name, nonnegative_int(name, getattr(self, name), maximum=10**7))
+
+    def steps(self, total_steps: int) -> list[int]:
+        """The grid's distinct steps for a run of ``total_steps``, sorted."""
+        last = max(total_steps - 1, 1)
+        grid = set()
+        if self.linear:
+            grid |= set(np.linspace(0, last, self.linear).astype(np.int64).tolist())
+        if self.log:
+            grid |= set(np.geomspace(1, last, self.log).astype(np.int64).tolist())
+        return sorted(step for step in grid if 0 <= step <= total_steps)
 
 
 @dataclass(frozen=True)
@@ -58,8 +101,10 @@ class TrainConfig:
     clip_norm: float = 10.0
     schedule: str = "constant"
     warmup_steps: int = 0
-    init_scale: float = 0.002
+    init_scale: float = DEFAULT_INIT_SCALE
     sampler: str = "numpy"
+    checkpoints: CheckpointGrid | None = None
+    eval_size: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -88,8 +133,33 @@ class TrainConfig:
             raise ValueError(f"backend must be one of {available_backends()}; got {self.backend!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}; got {self.sampler!r}")
+        if isinstance(self.checkpoints, dict):
+            set_(self, "checkpoints", CheckpointGrid(**self.checkpoints))
+        if self.checkpoints is not None and not isinstance(self.checkpoints, CheckpointGrid):
+            raise ValueError(f"checkpoints must be a table {{log = L, linear = N}}; got {self.checkpoints!r}")
+        if self.eval_size is not None:
+            set_(self, "eval_size", positive_int("eval_size", self.eval_size, maximum=10**7))
         if self.sampler == "jax" and self.backend != "jax":
             raise ValueError(f"sampler 'jax' draws batches inside the jax backend's compiled step; got backend {self.backend!r}")
+
+    @functools.cached_property
+    def _grid(self) -> tuple[int, ...]:
+        return tuple(self.checkpoints.steps(self.steps)) if self.checkpoints is not None else ()
+
+    def is_checkpoint(self, step: int) -> bool:
+        """Whether the state after ``step`` updates is saved: every ``checkpoint_every`` steps, the
+        last step, and the steps of the ``checkpoints`` grid."""
+        if step % self.checkpoint_every == 0 or step == self.steps:
+            return True
+        index = bisect.bisect_left(self._grid, step)
+        return index < len(self._grid) and self._grid[index] == step
+
+    def next_checkpoint(self, step: int) -> int:
+        """The first checkpoint step after ``step`` (at most ``steps``)."""
+        every = (step // self.checkpoint_every + 1) * self.checkpoint_every
+        index = bisect.bisect_right(self._grid, step)
+        grid = self._grid[index] if index < len(self._grid) else self.steps
+        return min(every, grid, self.steps) if step < self.steps else step
 
     def adam(self) -> AdamConfig:
         return AdamConfig(
@@ -109,17 +179,32 @@ class ConfigError(ValueError):
 
 
 #: [model] family -> (config class, fixed fields)
-MODEL_FAMILIES = {"lsa": (LSAConfig, {})} | {variant: (LearnedGDConfig, {"variant": variant}) for variant in VARIANTS}
+MODEL_FAMILIES = (
+    {"lsa": (LSAConfig, {})}
+    | {variant: (LearnedGDConfig, {"variant": variant}) for variant in VARIANTS}
+    | {"transformer": (TransformerConfig, {})}
+)
+
+
+def task_class(family: str) -> type:
+    """The [task] table's class for a [model] family: the noisy regression sequences of the
+    developmental-landscape paper for the transformer, von Oswald et al.'s tasks otherwise."""
+    return NoisyRegressionTask if family == "transformer" else LinearRegressionTask
+
+
+#: [model] fields a family takes from the [task] table when the table does not set them.
+LINKED_FIELDS = {"transformer": ("d", "n_examples")}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: LinearRegressionTask
-    model: LSAConfig | LearnedGDConfig
+    task: LinearRegressionTask | NoisyRegressionTask
+    model: LSAConfig | LearnedGDConfig | TransformerConfig
     train: TrainConfig
 
     def __post_init__(self) -> None:
-        for name, expected in (("task", (LinearRegressionTask,)), ("model", (LSAConfig, LearnedGDConfig)), ("train", (TrainConfig,))):
+        expected_task = (NoisyRegressionTask,) if isinstance(self.model, TransformerConfig) else (LinearRegressionTask,)
+        for name, expected in (("model", (LSAConfig, LearnedGDConfig, TransformerConfig)), ("task", expected_task), ("train", (TrainConfig,))):
             if not isinstance(getattr(self, name), expected):
                 kinds = " or ".join(f"{kind.__module__.split('.')[0]}.{kind.__name__}" for kind in expected)
                 raise ValueError(f"{name} must be an {kinds}; got {type(getattr(self, name)).__name__}")
@@ -128,6 +213,9 @@ class RunConfig:
                 f"learned-rate GD models (family {self.model.family!r}) train on the host data stream: "
                 f"sampler must be 'numpy'; got sampler {self.train.sampler!r}"
             )
+        if isinstance(self.model, TransformerConfig):
+            self._check_transformer()
+            return
         if isinstance(self.model, LearnedGDConfig):
             gd_models.check_init_scale(self.model, self.train.init_scale, "init_scale")
         else:
@@ -139,12 +227,38 @@ class RunConfig:
             f"a training step (sampling, then loss and gradient of {limits.lsa_shape_text(lsa, batch_size, self.task.n_context)})",
         )
 
+    def _check_transformer(self) -> None:
+        model, task, train = self.model, self.task, self.train
+        if (model.d, model.n_examples) != (task.d, task.n_examples):
+            raise ValueError(f"the model's d, n_examples = {model.d}, {model.n_examples} disagree with the task's {task.d}, {task.n_examples}")
+        if train.backend == "numba":
+            raise ValueError("backend 'numba' computes the LSA family only; the transformer trains on 'numpy' (the oracle) or 'jax'")
+        if train.sampler != "numpy":
+            raise ValueError(f"the transformer trains on the host data stream (sampler 'numpy'); got sampler {train.sampler!r}")
+        if train.init_scale != DEFAULT_INIT_SCALE:
+            raise ValueError(
+                f"init_scale sets the LSA's init; the transformer is initialised as PyTorch's defaults "
+                f"(iclgd.models.transformer.init_params): leave init_scale at {DEFAULT_INIT_SCALE}; got {train.init_scale}"
+            )
+        limits.check_bytes(
+            f"batch_size = {train.batch_size}", transformer_model.pass_bytes(model, train.batch_size),
+            f"a training step of the transformer on {train.batch_size} sequences",
+        )
+
     def _lsa_model(self) -> LSAConfig:
         """The model as the LSA the engines compute (a learned-rate GD model through its construction)."""
         return self.model.lsa_config() if isinstance(self.model, LearnedGDConfig) else self.model
 
+    @property
+    def eval_size(self) -> int:
+        """Sequences per distribution in the validation set evaluated at every checkpoint."""
+        return self.train.eval_size or DEFAULT_EVAL_SIZE
+
 
 TABLES = {"task": LinearRegressionTask, "model": LSAConfig, "train": TrainConfig}
+
+#: (table class, key) of the keys whose value is a table (an inline TOML table) -> the class it is read into.
+TABLE_VALUED = {(TrainConfig, "checkpoints"): CheckpointGrid}
 
 
 def _build(cls, table: dict, where: str, overrides: dict | None = None, fixed: dict | None = None):
@@ -154,8 +268,19 @@ def _build(cls, table: dict, where: str, overrides: dict | None = None, fixed: d
     for key in table:
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r}; expected one of {fields}")
+    table = dict(table)
     for key, value in table.items():
-        if isinstance(value, (dict, list)):
+        grid_class = TABLE_VALUED.get((cls, key))
+        if grid_class is not None and isinstance(value, dict):
+            keys = [field.name for field in dataclasses.fields(grid_class)]
+            unknown = [k for k in value if k not in keys]
+            if unknown:
+                raise ConfigError(f"{where}: key {key!r}: unknown key(s) {unknown}; expected a table of {keys}")
+            try:
+                table[key] = grid_class(**value)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"{where}: key {key!r}: {error}") from None
+        elif isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: key {key!r} must be a single value; got {type(value).__name__} {value!r}")
     try:
         return cls(**{**(overrides or {}), **table, **fixed})
@@ -170,17 +295,17 @@ def run_config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
             raise ConfigError(f"{source}: unknown table [{table}]; expected [task], [model] and [train]")
         if not isinstance(data[table], dict):
             raise ConfigError(f"{source}: {table!r} must be a table ([{table}]); got {data[table]!r}")
-    task = _build(LinearRegressionTask, data.get("task", {}), f"{source}: [task]")
     model_table = dict(data.get("model", {}))
     family = model_table.pop("family", "lsa")
     if not isinstance(family, str) or family not in MODEL_FAMILIES:
         raise ConfigError(f"{source}: [model]: key 'family' must be one of {list(MODEL_FAMILIES)}; got {family!r}")
+    task = _build(task_class(family), data.get("task", {}), f"{source}: [task]")
     model_class, fixed = MODEL_FAMILIES[family]
-    model = _build(model_class, model_table, f"{source}: [model]", {"d": task.d, "n_context": task.n_context}, fixed)
-    if model.d != task.d:
-        raise ConfigError(f"{source}: [model]: key 'd' = {model.d} disagrees with [task] d = {task.d}")
-    if model.n_context != task.n_context:
-        raise ConfigError(f"{source}: [model]: key 'n_context' = {model.n_context} disagrees with [task] n_context = {task.n_context}")
+    linked = LINKED_FIELDS.get(family, ("d", "n_context"))
+    model = _build(model_class, model_table, f"{source}: [model]", {name: getattr(task, name) for name in linked}, fixed)
+    for name in linked:
+        if getattr(model, name) != getattr(task, name):
+            raise ConfigError(f"{source}: [model]: key {name!r} = {getattr(model, name)} disagrees with [task] {name} = {getattr(task, name)}")
     train = _build(TrainConfig, data.get("train", {}), f"{source}: [train]")
     try:
         return RunConfig(task, model, train)
@@ -222,9 +347,11 @@ def _toml_or_text(text: str) -> object:
 
 def table_keys(table: str, data: dict) -> list[str]:
     """The keys a config's ``table`` may set (for [model], those of the family ``data`` names)."""
+    family = data.get("model", {}).get("family", "lsa") if isinstance(data.get("model", {}), dict) else "lsa"
+    if table == "task":
+        return [field.name for field in dataclasses.fields(task_class(family if isinstance(family, str) else "lsa"))]
     if table != "model":
         return [field.name for field in dataclasses.fields(TABLES[table])]
-    family = data.get("model", {}).get("family", "lsa")
     if not isinstance(family, str) or family not in MODEL_FAMILIES:  # reported, with the families, when the config is validated
         return ["family"]
     model_class, fixed = MODEL_FAMILIES[family]
@@ -258,6 +385,8 @@ def _toml_value(value) -> str:
         return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, CheckpointGrid):
+        return "{" + ", ".join(f"{field.name} = {getattr(value, field.name)}" for field in dataclasses.fields(value)) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")
 
 

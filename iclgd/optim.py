@@ -41,7 +41,7 @@ import numpy as np
 Params = dict[str, np.ndarray]
 Schedule = Callable[[int], float]
 
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
 
 
 # --- the transform interface ---------------------------------------------------------------------
@@ -195,6 +195,32 @@ def warmup_cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> 
     return rate
 
 
+def one_cycle_parts(peak: float, total_steps: int) -> tuple[float, float, float, float]:
+    """(initial rate, peak step, final rate, final step) of ``one_cycle_schedule``."""
+    divisor = max(1.0, total_steps / 2 - 1)
+    return peak / divisor, max(0.0, total_steps / 2 - 1), peak / divisor**2, max(1.0, total_steps - 1.0)
+
+
+def one_cycle_schedule(peak: float, total_steps: int) -> Schedule:
+    """The schedule of the developmental-landscape paper's code (PyTorch's OneCycleLR with a
+    linear anneal, pct_start 0.5 and div_factor = final_div_factor = T/2 - 1; formula from
+    PyTorch's documentation): with m = T/2 - 1 (at least 1), lr_0 = peak / m,
+
+        f(t) = lr_0 + (peak - lr_0) t / m                                for t <= m (warm-up over the first half),
+        f(t) = peak + (peak / m^2 - peak) (t - m) / (T - 1 - m)          for m < t < T - 1 (decay to ~0),
+
+    and peak / m^2 from t = T - 1 on."""
+    initial, peak_step, final, last_step = one_cycle_parts(peak, total_steps)
+
+    def rate(step):
+        if step <= peak_step:
+            return initial + (peak - initial) * (step / peak_step if peak_step > 0 else 1.0)
+        progress = min(1.0, (step - peak_step) / max(1e-12, last_step - peak_step))
+        return peak + (final - peak) * progress
+
+    return rate
+
+
 def cosine_schedule(peak: float, total_steps: int) -> Schedule:
     """f(t) = peak (1 + cos(pi min(1, t / max(1, T)))) / 2: the peak at t = 0, 0 from t = T on."""
     return warmup_cosine_schedule(peak, 0, total_steps)
@@ -208,6 +234,8 @@ def schedule_from_name(name: str, lr: float, warmup_steps: int = 0, total_steps:
         return cosine_schedule(lr, total_steps)
     if name == "warmup_cosine":
         return warmup_cosine_schedule(lr, warmup_steps, total_steps)
+    if name == "one_cycle":
+        return one_cycle_schedule(lr, total_steps)
     raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {name!r}")
 
 

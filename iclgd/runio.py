@@ -185,7 +185,7 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 
 #: The files the training writer writes (its temp files are its own to clean up); results, reports
 #: and figures are written by whoever evaluates the run, outside the training lock.
-TRAINING_FILES = ("config.toml", "metrics.jsonl", LOCK_FILE)
+TRAINING_FILES = ("config.toml", "metrics.jsonl", "evaluations.jsonl", "baselines.json", LOCK_FILE)
 
 
 def remove_temp_files(run_dir: Path) -> list[Path]:

@@ -6,12 +6,18 @@ run's seed and nothing else (no global state):
     stream                         NumPy (PCG64)                                 jax twin
     training batch t               SeedSequence(seed, spawn_key=(0, t))          fold_in(PRNGKey(seed), t)
     model init                     SeedSequence(seed, spawn_key=(1,))            (the init is drawn on the host)
+    a finite task pool             SeedSequence(pool_seed, spawn_key=(2,))       (drawn once, on the host)
     evaluation, by purpose         SeedSequence([seed, crc32(purpose)])          -
     an explicit seed or generator  default_rng(seed), or the Generator as is     -
+    children of a generator        SeedSequence(128-bit key drawn from it,       -
+                                   spawn_key=(i,)), i = 0 .. n - 1
 
 Streams are stateless where a run must resume: batch t depends only on (seed, t), so a run
 continues from its step alone, on any backend.  Purposes ("validation", "line_search", ...)
-keep evaluation tasks disjoint from each other and from training.  The jax twins are what the
+keep evaluation tasks disjoint from each other and from training.  ``child_rngs`` splits one
+generator into independent streams, one per kind of draw (NoisyRegressionTask draws the task,
+the inputs and the noise from three), so that changing one kind of draw leaves the others as
+they were.  The jax twins are what the
 jax backend draws inside its compiled step (another stream: the two samplers give different
 runs); their functions import jax only when called.
 """
@@ -26,7 +32,7 @@ from iclgd._checks import nonnegative_int
 #: How each sampler's batch stream is written in a checkpoint (the stream's name; its state is (seed, t)).
 DATA_STREAMS = {"numpy": "iclgd.train.batch_rng(seed, t)", "jax": "jax.random.fold_in(PRNGKey(seed), t)"}
 
-_BATCH, _INIT = 0, 1  # spawn keys of the training streams
+_BATCH, _INIT, _POOL = 0, 1, 2  # spawn keys of the training streams and of the task pool
 
 
 def batch_rng(seed: int, step: int) -> np.random.Generator:
@@ -45,6 +51,13 @@ def init_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(init_seed(seed))
 
 
+def pool_rng(pool_seed: int) -> np.random.Generator:
+    """The generator of a finite task pool (``iclgd.tasks.NoisyRegressionTask.pool``): PCG64 on
+    SeedSequence(pool_seed, spawn_key=(2,)), independent of every batch and init stream of a run
+    that uses the same number as its seed."""
+    return np.random.default_rng(np.random.SeedSequence(nonnegative_int("pool_seed", pool_seed), spawn_key=(_POOL,)))
+
+
 def purpose_rng(seed: int, purpose: str) -> np.random.Generator:
     """An independent generator for each (seed, purpose) pair, e.g. ("validation") or ("line_search")."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(purpose.encode())]))
@@ -55,6 +68,17 @@ def as_generator(seed: int | np.random.Generator) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(nonnegative_int("seed", seed))
+
+
+def child_rngs(rng: np.random.Generator, n: int) -> tuple[np.random.Generator, ...]:
+    """``n`` independent generators derived from ``rng``: one 128-bit key is drawn from ``rng``
+    (four uint32 words; this advances ``rng`` by the same amount whatever ``n`` is), and child i
+    is PCG64 on SeedSequence(key, spawn_key=(i,)).  The same as ``Generator.spawn`` in spirit,
+    but the same on every NumPy >= 1.17 and for any bit generator."""
+    n = nonnegative_int("n", n)
+    key = rng.integers(0, 2**32, size=4, dtype=np.uint64)
+    entropy = [int(word) for word in key]
+    return tuple(np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(i,))) for i in range(n))
 
 
 def jax_batch_key(seed, step):

@@ -701,7 +701,8 @@ WRONG_CONFIGS = {"task": LinearRegressionTask(d=D, n_context=N), "none": None, "
 @pytest.mark.parametrize("method", METHODS + ["forward"])
 @pytest.mark.parametrize("cfg", WRONG_CONFIGS.values(), ids=WRONG_CONFIGS.keys())
 def test_backend_refuses_a_config_of_the_wrong_type_naming_cfg(method, cfg):
-    with pytest.raises(ValueError, match=rf"^cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}$"):
+    families = r"iclgd.LSAConfig( or iclgd.TransformerConfig)?"
+    with pytest.raises(ValueError, match=rf"^cfg must be an {families} for the \w+ backend; got {type(cfg).__name__}$"):
         call(method, cfg, iclgd.init_params(LSAConfig(d=D)), good_tokens())
 
 

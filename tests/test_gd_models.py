@@ -169,8 +169,8 @@ def test_an_lsa_run_config_round_trips_with_its_family_written(tmp_path):
 @pytest.mark.parametrize(
     "model_table, message",
     [
-        ('family = "sgd"', "family' must be one of ['lsa', 'gd', 'gdpp']; got 'sgd'"),
-        ('family = ["gd"]', "family' must be one of ['lsa', 'gd', 'gdpp']; got ['gd']"),
+        ('family = "sgd"', "family' must be one of ['lsa', 'gd', 'gdpp', 'transformer']; got 'sgd'"),
+        ('family = ["gd"]', "family' must be one of ['lsa', 'gd', 'gdpp', 'transformer']; got ['gd']"),
         ('family = "gd"\nvariant = "gdpp"', "unknown key 'variant'; expected one of ['d', 'n_context', 'n_layers', 'tied', 'dtype']"),
         ('variant = "gdpp"', "unknown key 'variant'"),
         ('family = "gd"\nn_heads = 2', "unknown key 'n_heads'"),

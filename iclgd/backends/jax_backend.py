@@ -63,8 +63,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from iclgd._checks import float_dtype, nonnegative_int, positive_int
 from iclgd.backends.base import Backend
 from iclgd.backends.training import StepRecord, TrainState, initial_state
-from iclgd.models import LSAConfig, attention_products, check_params, layer_prefixes
-from iclgd.optim import AdamConfig, AdamState
+from iclgd.models import LSAConfig, TransformerConfig, attention_products, check_params, layer_prefixes
+from iclgd.optim import AdamConfig, AdamState, one_cycle_parts
 from iclgd.streams import batch_rng, jax_base_key, jax_batch_key
 from iclgd.tasks import Batch, LinearRegressionTask
 from iclgd.tasks.inputs import draw_inputs_jax, flat_draw
@@ -199,6 +199,11 @@ def learning_rate_schedule(adam: AdamConfig):
         step = jnp.asarray(count).astype(float)
         if adam.schedule == "constant":
             return jnp.full((), adam.lr, dtype=float)
+        if adam.schedule == "one_cycle":
+            initial, peak_step, final, last_step = one_cycle_parts(adam.lr, adam.total_steps)
+            rising = initial + (adam.lr - initial) * (step / peak_step if peak_step > 0 else 1.0)
+            falling = adam.lr + (final - adam.lr) * jnp.minimum(1.0, (step - peak_step) / max(1e-12, last_step - peak_step))
+            return jnp.where(step <= peak_step, rising, falling)
         start = adam.warmup_steps if adam.schedule == "warmup_cosine" else 0
         progress = jnp.minimum(1.0, (step - start) / max(1, adam.total_steps - start))
         rate = adam.lr * 0.5 * (1.0 + jnp.cos(math.pi * progress))
@@ -489,6 +494,15 @@ class JaxBackend(Backend):
     Constructing it turns on jax's float64 support (``jax_enable_x64``), process-wide."""
 
     name = "jax"
+    families = (LSAConfig, TransformerConfig)
+
+    def _engine(self, cfg):
+        """The LSA is computed by this class; the transformer by iclgd.backends.jax_transformer."""
+        if isinstance(cfg, TransformerConfig):
+            from iclgd.backends.jax_transformer import JaxTransformerEngine
+
+            return JaxTransformerEngine()
+        return self
 
     def __init__(self, devices=None):
         jax.config.update("jax_enable_x64", True)
@@ -538,10 +552,18 @@ class JaxBackend(Backend):
         tokens, targets, weights = _sample_jit(task, dtype, batch_size, np.int64(seed), np.int64(step))
         return Batch(_host(tokens), _host(targets), _host(weights))
 
-    def trainer(self, config) -> JaxTrainer:
-        """The object whose ``advance(state, n)`` trains ``config`` (a RunConfig) on this backend."""
+    def trainer(self, config):
+        """The object whose ``advance(state, n)`` trains ``config`` (a RunConfig) on this backend:
+        JaxTrainer for the LSA, JaxTransformerTrainer (host batches, steps fused in lax.scan) for the transformer."""
+        if isinstance(config.model, TransformerConfig):
+            from iclgd.backends.jax_transformer import JaxTransformerTrainer
+
+            return JaxTransformerTrainer(config)
         return JaxTrainer(self, config)
 
-    def seeds_trainer(self, config, seeds: list[int]) -> JaxSeedsTrainer:
-        """Train one run per seed at once (vmapped); see JaxSeedsTrainer."""
+    def seeds_trainer(self, config, seeds: list[int]):
+        """Train one run per seed at once (vmapped); see JaxSeedsTrainer.  None for the transformer
+        (its seeds train one after the other)."""
+        if isinstance(config.model, TransformerConfig):
+            return None
         return JaxSeedsTrainer(self, config, seeds)

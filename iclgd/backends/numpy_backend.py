@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd.backends.base import Backend
-from iclgd.models import WEIGHT_NAMES, LSAConfig, layer_prefixes
+from iclgd.models import WEIGHT_NAMES, LSAConfig, TransformerConfig, layer_prefixes
 
 
 @dataclass
@@ -140,6 +140,16 @@ class NumpyBackend(Backend):
     in ``cfg.dtype`` on NumPy arrays."""
 
     name = "numpy"
+    families = (LSAConfig, TransformerConfig)
+
+    def _engine(self, cfg):
+        """The LSA is computed by this class; the transformer by its own oracle
+        (iclgd.backends.numpy_transformer)."""
+        if isinstance(cfg, TransformerConfig):
+            from iclgd.backends.numpy_transformer import TransformerOracle
+
+            return TransformerOracle()
+        return self
 
     def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
         """Every layer's tokens: [E_0 = tokens, E_1, ..., E_K], each (B, N + 1, d + 1)."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd import gd_models
-from iclgd.models import init_params
+from iclgd.models import TransformerConfig, init_params
+from iclgd.models import transformer
 from iclgd.optim import AdamState, adam_chain, adam_chain_state, adam_state_of, apply_updates, gradient_norm
 from iclgd.streams import batch_rng, init_rng, init_seed  # noqa: F401 (init_seed re-exported)
 
@@ -45,10 +46,13 @@ class StepRecord:
 
 
 def initial_state(config) -> TrainState:
-    """Step 0 of a run: params (LSA weights, or the rates of a learned-rate GD model) from
-    ``init_seed(seed)`` at ``init_scale``, zero Adam moments."""
-    init = gd_models.init_params if isinstance(config.model, gd_models.LearnedGDConfig) else init_params
-    params = init(config.model, init_rng(config.train.seed), scale=config.train.init_scale)
+    """Step 0 of a run: params (LSA weights at ``init_scale``, the rates of a learned-rate GD
+    model, or a transformer's PyTorch-default init) from ``init_seed(seed)``, zero Adam moments."""
+    if isinstance(config.model, TransformerConfig):
+        params = transformer.init_params(config.model, init_rng(config.train.seed))
+    else:
+        init = gd_models.init_params if isinstance(config.model, gd_models.LearnedGDConfig) else init_params
+        params = init(config.model, init_rng(config.train.seed), scale=config.train.init_scale)
     return TrainState(0, params, AdamState.zeros_like(params))
 
 

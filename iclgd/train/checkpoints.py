@@ -18,7 +18,7 @@ import numpy as np
 from iclgd import gd_models, runio
 from iclgd.backends.training import TrainState
 from iclgd.config import TrainConfig, run_config_to_toml
-from iclgd.models import param_shapes
+from iclgd.models.families import param_shapes
 from iclgd.optim import AdamState
 from iclgd.streams import DATA_STREAMS
 

@@ -20,6 +20,7 @@ import numpy as np
 from iclgd.backends import get_backend
 from iclgd.backends.training import TrainState, trainer_for
 from iclgd.train.errors import RunInterrupted, TrainingDiverged
+from iclgd.train.evaluation import checkpoint_evaluator
 from iclgd.train.progress import Progress
 from iclgd.train.rundir import RunDirectory, check_run_dir
 
@@ -78,7 +79,7 @@ def train_seeds(run_dirs: list, configs: list, *, quiet: bool = True, backend=No
     try:
         with _signals_stop_training():
             for run_dir, config in zip(run_dirs, configs):
-                runs.append(RunDirectory(run_dir, config, quiet))
+                runs.append(RunDirectory(run_dir, config, quiet, evaluate=checkpoint_evaluator(backend, config)))
             diverged = _train_runs(backend, runs, quiet)
     except (KeyboardInterrupt, _Stopped) as stop:
         signal_number = stop.signal_number if isinstance(stop, _Stopped) else int(signal.SIGINT)
@@ -106,7 +107,7 @@ def _train_runs(backend, runs: list[RunDirectory], quiet: bool) -> list[str]:
         progress = Progress(train_cfg.steps, enabled=not quiet, first_step=step)
         while step < train_cfg.steps and group:
             # advance to the next checkpoint, at most ADVANCE_CHUNK steps at a time (records carry every step)
-            boundary = min(train_cfg.steps, _next_multiple(step, train_cfg.checkpoint_every), _next_multiple(step, ADVANCE_CHUNK))
+            boundary = min(train_cfg.next_checkpoint(step), _next_multiple(step, ADVANCE_CHUNK))
             new_states, records = trainer.advance([run.state for run in group], boundary - step)
             going_on = []
             for run, new_state, run_records in zip(group, new_states, records):

@@ -61,10 +61,14 @@ class RunDirectory:
     checkpoints; ``close()`` releases the lock.
 
     Opening a finished run changes no file; resuming drops the metrics lines after the
-    checkpoint it resumes from (they will be logged again) and the temp files of killed writers."""
+    checkpoint it resumes from (they will be logged again) and the temp files of killed writers.
 
-    def __init__(self, run_dir: str | Path, config, quiet: bool):
-        self.path, self.config = Path(run_dir), config
+    ``evaluate`` (optional): a function of a TrainState returning a JSON-able dict, called at
+    every checkpoint; its rows, with the step, go to ``evaluations.jsonl`` (a resumed run keeps
+    the rows up to its checkpoint and evaluates that checkpoint if a kill came before its row)."""
+
+    def __init__(self, run_dir: str | Path, config, quiet: bool, evaluate=None):
+        self.path, self.config, self.evaluate = Path(run_dir), config, evaluate
         check_run_dir(self.path, config)
         self.lock = runio.RunLock(self.path).acquire()
         try:
@@ -79,6 +83,7 @@ class RunDirectory:
         for path in runio.remove_temp_files(self.path):
             runio.warn(f"removed {path}, left by a writer that was killed")
         self.metrics = self.path / "metrics.jsonl"
+        self.evaluations = self.path / "evaluations.jsonl"
         self.state, self.last_checkpoint = latest_checkpoint(self.path, config.model.dtype, config)
         self.saved_step = 0 if self.state is None else self.state.step
         self.elapsed_before = 0.0
@@ -88,6 +93,9 @@ class RunDirectory:
             self.state = initial_state(config)
             self.last_checkpoint = save_checkpoint(self.path, self.state, config)
             runio.atomic_write_text(self.metrics, "")
+            if self.evaluate is not None:
+                runio.atomic_write_text(self.evaluations, "")
+                self._evaluate(self.state)
         else:  # keep the metrics logged before the checkpoint (steps < its step); later lines are redone
             logged = runio.read_jsonl(self.metrics)
             kept = [r for r in logged if isinstance(r.get("step"), int) and r["step"] < self.state.step]
@@ -95,11 +103,16 @@ class RunDirectory:
             whole = raw is not None and raw.count("\n") == len(logged) and (raw == "" or raw.endswith("\n"))
             if kept != logged or not whole:  # later lines, or a torn or damaged line: rewrite without them
                 runio.atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            if self.evaluate is not None:
+                self._resume_evaluations()
             times = [r.get("wall_time") for r in kept if isinstance(r.get("wall_time"), (int, float))]
             self.elapsed_before = float(times[-1]) if times else 0.0
             if not quiet:
                 done = "finished" if self.state.step >= config.train.steps else "resuming"
                 print(f"{self.path}: {done} at step {self.state.step} of {config.train.steps}", file=sys.stderr)
+        baselines = self.path / "baselines.json"
+        if hasattr(self.evaluate, "baseline_losses") and not baselines.exists():
+            runio.atomic_write_text(baselines, json.dumps(self.evaluate.baseline_losses(), indent=1) + "\n")
         self.start = time.perf_counter()
 
     def close(self) -> None:
@@ -127,10 +140,26 @@ class RunDirectory:
                 f"Adam moment non-finite; nothing after it was saved, the last good checkpoint is {self.last_checkpoint}. "
                 "Try a smaller lr or clip_norm."
             )
-        if new_state.step % train_cfg.checkpoint_every == 0 or new_state.step == train_cfg.steps:
+        if train_cfg.is_checkpoint(new_state.step):
             self.last_checkpoint = save_checkpoint(self.path, new_state, self.config)
             self.saved_step = new_state.step
+            if self.evaluate is not None:
+                self._evaluate(new_state)
         self.state = new_state
+
+    def _evaluate(self, state: TrainState) -> None:
+        runio.append_jsonl(self.evaluations, {"step": state.step, **self.evaluate(state)})
+
+    def _resume_evaluations(self) -> None:
+        """Keep the evaluation rows up to the resumed checkpoint (later ones are redone); evaluate
+        that checkpoint if its row is missing (a kill between its save and its row)."""
+        kept = [r for r in runio.read_jsonl(self.evaluations) if isinstance(r.get("step"), int) and r["step"] <= self.state.step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        raw = self.evaluations.read_text(encoding="utf-8", errors="replace") if self.evaluations.exists() else None
+        if raw != text:  # later rows, or a torn or damaged line: rewrite (atomically) without them
+            runio.atomic_write_text(self.evaluations, text)
+        if not any(r["step"] == self.state.step for r in kept):
+            self._evaluate(self.state)
 
 
 def _all_finite(state: TrainState) -> bool:

@@ -1,5 +1,7 @@
 r"""Learning algorithms computed directly on each context, to compare trained models with.
 
+(``iclgd.baselines.gd``; ``iclgd.baselines`` re-exports every name of this module.)
+
 All functions take tokens in the constructed format, (B, N + 1, d + 1): context rows
 (x_i, y_i), then the query row (x_q, .) whose y-slot is ignored.  They compute in float64.
 
