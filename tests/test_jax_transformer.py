@@ -21,7 +21,7 @@ from parity import check_all  # noqa: E402
 from strategies import random_interleaved, random_transformer_params, transformer_cases  # noqa: E402
 
 from iclgd.backends.base import sample_loss_and_grad  # noqa: E402
-from iclgd.backends.jax_transformer import JaxTransformerEngine, JaxTransformerTrainer  # noqa: E402
+from iclgd.backends.jax_transformer import JaxTransformerEngine, JaxTransformerTrainer, scan_lengths  # noqa: E402
 from iclgd.backends.numpy_transformer import TransformerOracle  # noqa: E402
 from iclgd.backends.training import HostTrainer, TrainState  # noqa: E402
 from iclgd.models.transformer import TransformerConfig, check_targets, check_tokens, init_params  # noqa: E402
@@ -216,11 +216,19 @@ def test_a_run_cut_into_calls_and_scans_equals_one_call():
     config = run_config()
     whole = JaxTransformerTrainer(config).advance(fresh_state(config), 20)
     trainer = JaxTransformerTrainer(config)
-    trainer.max_scan_steps = 6  # 8 steps = scans of 6 and 2; 12 = 6 and 6
+    trainer.max_scan_steps = 6  # scans of powers of two up to 4: 8 steps = 4 + 4; 12 = 4 + 4 + 4
     state, first = trainer.advance(fresh_state(config), 8)
     state, second = trainer.advance(state, 12)
     assert [r.step for r in first + second] == list(range(20))
     assert_same_run((state, first + second), whole, 1e-12)
+
+
+@given(st.integers(0, 5000), st.integers(1, 2000))
+def test_scans_are_powers_of_two_that_add_up_to_the_call(n_steps, longest):
+    lengths = scan_lengths(n_steps, longest)
+    assert sum(lengths) == n_steps
+    assert all(length & (length - 1) == 0 and length <= longest for length in lengths)
+    assert lengths == sorted(lengths, reverse=True)
 
 
 def test_training_stops_at_the_first_non_finite_update_as_the_host_loop_does():

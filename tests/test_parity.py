@@ -2,10 +2,14 @@
 
 Three kinds of evidence, each failure naming the tensor that differs (tests/parity.py):
   * golden states (tests/golden/*.npz, written by the oracle in float64 by
-    tests/golden/make_golden.py): forward (every layer), predict, loss, every gradient and the
-    sensitivity of every backend agree with them to 1e-10 relative, the oracle's own to 1e-13;
-    and the files are what the script writes now, so the oracle cannot change its numbers unnoticed;
-  * hypothesis-drawn configs: each fast backend agrees with the oracle in float64 and in float32;
+    tests/golden/make_golden.py), for both model families, the LSA and the transformer: forward
+    (every layer or block), predict, loss, every gradient, and the LSA's sensitivity or the
+    transformer's per-position loss, of every backend that computes the family, agree with them
+    to 1e-10 relative, the oracle's own to 1e-13; and the files are what the script writes now, so
+    the oracle cannot change its numbers unnoticed (numba computes the LSA only: it must refuse a
+    TransformerConfig with ValueError);
+  * hypothesis-drawn configs: each fast backend agrees with the oracle in float64 and in float32,
+    on LSAs and, through the same public API, on transformers (float64 1e-9, float32 1e-4);
   * a short training run: each fast backend's trainer ends where the oracle's does.
 Tolerances are relative to each tensor's own largest entry (each gradient on its parameter's scale).
 """
@@ -23,11 +27,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from parity import check_all, check_dtypes, check_tensor, tensor_mismatch
-from strategies import model_cases
+from strategies import model_cases, transformer_cases
 
 import iclgd
 from iclgd.backends.training import initial_state, trainer_for
 from iclgd.config import run_config_from_dict
+from iclgd.tokens.interleaved import InterleavedBatch
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 MAKE_GOLDEN = GOLDEN_DIR / "make_golden.py"
@@ -36,6 +41,10 @@ REGENERATE = "python tests/golden/make_golden.py"
 
 #: backend -> the modules its engine needs (a backend whose engine is missing is skipped)
 ENGINES = {"numpy": (), "numba": ("numba",), "jax": ("jax", "optax")}
+#: backend -> the model families it computes (the golden states of other families are skipped for it)
+FAMILIES = {"numpy": ("lsa", "transformer"), "numba": ("lsa",), "jax": ("lsa", "transformer")}
+#: config class of each family, as a golden file's config names it (an LSA file's config has no family field)
+CONFIGS = {"lsa": iclgd.LSAConfig, "transformer": iclgd.TransformerConfig}
 #: relative tolerance against the golden states: the oracle must reproduce its own numbers
 GOLDEN_RTOL = {"numpy": 1e-13, "numba": 1e-10, "jax": 1e-10}
 #: relative tolerance of a fast backend against the oracle (float32: see assert_agrees_with_the_oracle)
@@ -45,6 +54,12 @@ FLOAT32_SLACK = 10.0
 # as many drawn examples as the backend tests had before this suite (jax recompiles per shape: ~1 s each)
 EXAMPLES = {"numba": {"float64": 40, "float32": 20}, "jax": {"float64": 18, "float32": 8}}
 TRAINING_RTOL = 1e-10
+#: golden files are meant to stay small: a transformer of d_model 8 has some 500-900 parameters
+MAX_GOLDEN_BYTES = {"lsa": 16_000, "transformer": 32_000}
+#: the drawn transformers (tests/strategies.transformer_cases) against the oracle, through the public API;
+#: tests/test_jax_transformer.py draws more of them through the jax engine's hooks
+TRANSFORMER_RTOL = {"float64": 1e-9, "float32": 1e-4}
+TRANSFORMER_EXAMPLES = {"float64": 3, "float32": 2}
 
 oracle = iclgd.get_backend("numpy")
 
@@ -67,8 +82,19 @@ FAST_BACKENDS = backend_params(name for name in ENGINES if name != "numpy")
 # --- what a backend computes, under the names the failures report ------------------------------
 
 
+def stage_name(cfg, index: int, n_states: int) -> str:
+    """The name of forward's state ``index``: the LSA's tokens after ``index`` layers; the
+    transformer's residual stream after the embedding or a block, or its output tokens."""
+    if isinstance(cfg, iclgd.LSAConfig):
+        return f"layer {index} tokens"
+    if index == 0:
+        return "residual stream after the embedding"
+    return "output tokens" if index == n_states - 1 else f"residual stream after block {index - 1}"
+
+
 def forward_outputs(backend, cfg, params, tokens) -> dict:
-    return {f"layer {layer} tokens": value for layer, value in enumerate(backend.forward(cfg, params, tokens))}
+    states = backend.forward(cfg, params, tokens)
+    return {stage_name(cfg, index, len(states)): value for index, value in enumerate(states)}
 
 
 def loss_outputs(backend, cfg, params, batch) -> dict:
@@ -110,47 +136,85 @@ def arrays_of(outputs: dict) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Golden:
-    cfg: iclgd.LSAConfig
+    family: str  # "lsa" or "transformer"
+    cfg: iclgd.LSAConfig | iclgd.TransformerConfig
     params: dict
-    batch: iclgd.Batch
-    outputs: dict  # the oracle's outputs, named as all_outputs names them
+    batch: iclgd.Batch | InterleavedBatch
+    outputs: dict  # the oracle's outputs, named as all_outputs (LSA) or transformer_outputs names them
 
     def expected(self, kind: str) -> dict:
-        """The outputs of one kind: "forward" (every layer's tokens), "loss" (both losses) or "gradient"."""
-        selects = {"forward": lambda n: n.endswith(" tokens"), "loss": lambda n: n.startswith("loss"), "gradient": lambda n: n.endswith(" gradient")}
+        """The outputs of one kind: "forward" (every state forward returns), "loss" (both losses) or "gradient"."""
+        n_states = self.cfg.n_layers + (1 if self.family == "lsa" else 2)  # LSA: the input too; transformer: the output too
+        stages = {stage_name(self.cfg, index, n_states) for index in range(n_states)}
+        selects = {"forward": lambda n: n in stages, "loss": lambda n: n.startswith("loss"), "gradient": lambda n: n.endswith(" gradient")}
         return {name: value for name, value in self.outputs.items() if selects[kind](name)}
+
+
+def golden_family(arrays) -> str:
+    """The model family a golden file's config names ("lsa" where it names none: the LSA files predate the field)."""
+    return json.loads(str(arrays["config"])).get("family", "lsa")
 
 
 @functools.cache
 def load_golden(path: Path) -> Golden:
     with np.load(path) as stored:
         arrays = {key: stored[key] for key in stored.files}
-    cfg = iclgd.LSAConfig(**json.loads(str(arrays["config"])))
+    fields = json.loads(str(arrays["config"]))
+    family = fields.pop("family", "lsa")
+    cfg = CONFIGS[family](**fields)
     params = {key.removeprefix("params/"): value for key, value in arrays.items() if key.startswith("params/")}
     loss = float(arrays["loss"])
+    states = sorted((int(key.removeprefix("forward/")), value) for key, value in arrays.items() if key.startswith("forward/"))
     outputs = {
-        **{f"layer {key.removeprefix('forward/')} tokens": value for key, value in arrays.items() if key.startswith("forward/")},
+        **{stage_name(cfg, index, len(states)): value for index, value in states},
         "predictions": arrays["predictions"],
         "loss": loss,
         "loss of loss_and_grad": loss,
         **{f"{key.removeprefix('grad/')} gradient": value for key, value in arrays.items() if key.startswith("grad/")},
-        "sensitivity": arrays["sensitivity"],
     }
-    return Golden(cfg, params, iclgd.Batch(arrays["tokens"], arrays["targets"], arrays["weights"]), outputs)
+    if family == "lsa":
+        outputs["sensitivity"] = arrays["sensitivity"]
+        batch = iclgd.Batch(arrays["tokens"], arrays["targets"], arrays["weights"])
+    else:
+        outputs["per-position loss"] = arrays["per_position_loss"]
+        batch = InterleavedBatch(arrays["tokens"], arrays["targets"], arrays["weights"])
+    return Golden(family, cfg, params, batch, outputs)
 
 
-def golden_params():
-    return [pytest.param(path, id=path.stem) for path in GOLDEN_FILES]
+def golden_files(family: str | None = None) -> list[Path]:
+    """The golden files (of ``family`` only, if given)."""
+    return [path for path in GOLDEN_FILES if family is None or load_golden(path).family == family]
+
+
+def golden_params(family: str | None = None):
+    return [pytest.param(path, id=path.stem) for path in golden_files(family)]
+
+
+def golden_backend(name: str, golden: Golden):
+    """Backend ``name``, or a skip where it does not compute the golden state's family."""
+    if golden.family not in FAMILIES[name]:
+        pytest.skip(f"the {name} backend does not compute the {golden.family} (test_numba_refuses_a_transformer_config)")
+    return iclgd.get_backend(name)
 
 
 def test_there_are_golden_states_for_every_model_variant():
     """Tied and untied, one and several layers and heads, include_query, key size != value size."""
-    cfgs = [load_golden(path).cfg for path in GOLDEN_FILES]
+    cfgs = [load_golden(path).cfg for path in golden_files("lsa")]
     assert any(c.n_layers == 1 and c.n_heads == 1 for c in cfgs)
     assert any(c.n_layers >= 2 and c.n_heads >= 2 and not c.tied for c in cfgs)
     assert any(c.n_layers >= 3 and c.tied for c in cfgs)
     assert any(c.include_query for c in cfgs)
     assert any(c.key_size != c.value_size for c in cfgs)
+
+
+def test_there_are_golden_states_for_every_transformer_variant():
+    """One block and two; one head and two; softmax attention with LayerNorm and linear attention
+    without; with and without the output projection."""
+    cfgs = [load_golden(path).cfg for path in golden_files("transformer")]
+    assert any(c.n_layers == 1 and c.n_heads == 1 and c.attention == "softmax" and c.layer_norm for c in cfgs)
+    assert any(c.n_layers >= 2 and c.n_heads >= 2 and not c.output_projection for c in cfgs)
+    assert any(c.attention == "linear" and not c.layer_norm for c in cfgs)
+    assert all(isinstance(c, iclgd.TransformerConfig) and c.dtype == "float64" for c in cfgs)
 
 
 @pytest.mark.parametrize("path", golden_params())
@@ -159,14 +223,15 @@ def test_each_golden_file_records_how_it_was_made(path):
         assert str(stored["generator"]) == "tests/golden/make_golden.py"
         assert str(stored["iclgd_version"]) and str(stored["numpy_version"])
         assert all(stored[key].dtype == np.float64 for key in stored.files if stored[key].dtype.kind == "f")
-    assert path.stat().st_size < 16_000, "golden files are meant to stay small"
+        family = golden_family(stored)
+    assert path.stat().st_size < MAX_GOLDEN_BYTES[family], "golden files are meant to stay small"
 
 
 @pytest.mark.parametrize("path", golden_params())
 @pytest.mark.parametrize("name", ALL_BACKENDS)
 def test_forward_reproduces_every_layer_of_the_golden_state(name, path):
     golden = load_golden(path)
-    got = forward_outputs(iclgd.get_backend(name), golden.cfg, golden.params, golden.batch.tokens)
+    got = forward_outputs(golden_backend(name, golden), golden.cfg, golden.params, golden.batch.tokens)
     check_dtypes(got, "float64")
     check_all(paired(got, golden.expected("forward")), rtol=GOLDEN_RTOL[name])
 
@@ -175,7 +240,7 @@ def test_forward_reproduces_every_layer_of_the_golden_state(name, path):
 @pytest.mark.parametrize("name", ALL_BACKENDS)
 def test_predictions_reproduce_the_golden_state(name, path):
     golden = load_golden(path)
-    got = iclgd.get_backend(name).predict(golden.cfg, golden.params, golden.batch.tokens)
+    got = golden_backend(name, golden).predict(golden.cfg, golden.params, golden.batch.tokens)
     check_tensor("predictions", got, golden.outputs["predictions"], rtol=GOLDEN_RTOL[name], dtype="float64")
 
 
@@ -183,7 +248,7 @@ def test_predictions_reproduce_the_golden_state(name, path):
 @pytest.mark.parametrize("name", ALL_BACKENDS)
 def test_loss_reproduces_the_golden_state(name, path):
     golden = load_golden(path)
-    got = loss_outputs(iclgd.get_backend(name), golden.cfg, golden.params, golden.batch)
+    got = loss_outputs(golden_backend(name, golden), golden.cfg, golden.params, golden.batch)
     assert all(isinstance(value, float) for value in got.values()), got
     check_all(paired(got, golden.expected("loss")), rtol=GOLDEN_RTOL[name])
 
@@ -192,17 +257,44 @@ def test_loss_reproduces_the_golden_state(name, path):
 @pytest.mark.parametrize("name", ALL_BACKENDS)
 def test_every_gradient_reproduces_the_golden_state_on_its_own_scale(name, path):
     golden = load_golden(path)
-    got = gradient_outputs(iclgd.get_backend(name), golden.cfg, golden.params, golden.batch)
+    got = gradient_outputs(golden_backend(name, golden), golden.cfg, golden.params, golden.batch)
     check_dtypes(got, "float64")
     check_all(paired(got, golden.expected("gradient")), rtol=GOLDEN_RTOL[name])
 
 
-@pytest.mark.parametrize("path", golden_params())
+@pytest.mark.parametrize("path", golden_params("lsa"))
 @pytest.mark.parametrize("name", ALL_BACKENDS)
 def test_sensitivity_reproduces_the_golden_state(name, path):
     golden = load_golden(path)
-    got = iclgd.get_backend(name).sensitivity(golden.cfg, golden.params, golden.batch.tokens)
+    got = golden_backend(name, golden).sensitivity(golden.cfg, golden.params, golden.batch.tokens)
     check_tensor("sensitivity", got, golden.outputs["sensitivity"], rtol=GOLDEN_RTOL[name], dtype="float64")
+
+
+@pytest.mark.parametrize("path", golden_params("transformer"))
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_per_position_loss_reproduces_the_golden_state(name, path):
+    golden = load_golden(path)
+    got = golden_backend(name, golden).per_position_loss(golden.cfg, golden.params, golden.batch)
+    check_tensor("per-position loss", got, golden.outputs["per-position loss"], rtol=GOLDEN_RTOL[name], dtype="float64")
+
+
+def test_numba_refuses_a_transformer_config():
+    """numba computes the LSA only: every entry of its API refuses a TransformerConfig with ValueError."""
+    if not installed("numba"):
+        pytest.skip("numba is not installed: pip install 'iclgd[numba]'")
+    backend = iclgd.get_backend("numba")
+    golden = load_golden(golden_files("transformer")[0])
+    cfg, params, batch = golden.cfg, golden.params, golden.batch
+    calls = {
+        "forward": lambda: backend.forward(cfg, params, batch.tokens),
+        "predict": lambda: backend.predict(cfg, params, batch.tokens),
+        "loss": lambda: backend.loss(cfg, params, batch),
+        "per_position_loss": lambda: backend.per_position_loss(cfg, params, batch),
+        "loss_and_grad": lambda: backend.loss_and_grad(cfg, params, batch),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match="TransformerConfig"):
+            call()
 
 
 def test_the_golden_files_are_what_make_golden_writes_now(tmp_path):
@@ -225,7 +317,8 @@ def test_the_golden_files_are_what_make_golden_writes_now(tmp_path):
             for key in stored.files:
                 if stored[key].dtype.kind != "f":
                     continue
-                exact = key.startswith("params/") or key in ("tokens", "targets", "weights", "forward/0")
+                inputs = ("tokens", "targets", "weights") + (("forward/0",) if golden_family(stored) == "lsa" else ())
+                exact = key.startswith("params/") or key in inputs
                 message = tensor_mismatch(f"{path.name} {key}", fresh[key], stored[key], rtol=0.0 if exact else 1e-13)
                 if message:
                     failures.append(message + (" (an input: make_golden draws other numbers now)" if exact else ""))
@@ -316,6 +409,58 @@ def test_float32_outputs_agree_with_the_float32_oracle_as_before(name):
     agrees()
 
 
+# --- hypothesis-drawn transformers ----------------------------------------------------------------
+
+
+TRANSFORMER_BACKENDS = backend_params(name for name in ENGINES if name != "numpy" and "transformer" in FAMILIES[name])
+
+
+def transformer_outputs(backend, cfg, params, batch) -> dict:
+    """Every output of the backend API on one transformer and batch (inputs validated by the API)."""
+    loss, grads = backend.loss_and_grad(cfg, params, batch)
+    return {
+        **forward_outputs(backend, cfg, params, batch.tokens),
+        "predictions": backend.predict(cfg, params, batch.tokens),
+        "per-position loss": backend.per_position_loss(cfg, params, batch),
+        "loss": backend.loss(cfg, params, batch),
+        "loss of loss_and_grad": loss,
+        **{f"{name} gradient": grad for name, grad in grads.items()},
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", TRANSFORMER_BACKENDS)
+def test_every_transformer_output_agrees_with_the_oracle_on_drawn_configs(name, dtype):
+    """Forward, predict, per_position_loss, loss and loss_and_grad of the public API on drawn
+    transformers: float64 to 1e-9 of each tensor's largest entry; float32 to 1e-4 of it against
+    the float32 oracle, or else to twice the float32 oracle's own distance from the exact answer
+    (the float64 oracle on the same float32-rounded inputs: a sum that cancels, such as a bias
+    gradient at a large loss, has round-off above 1e-4 of its own scale in every engine).  Two
+    blocks at most in float32: three blocks of these weights can overflow float32."""
+    backend = iclgd.get_backend(name)
+    bounds = {} if dtype == "float64" else {"max_layers": 2}
+
+    @settings(max_examples=TRANSFORMER_EXAMPLES[dtype], deadline=None)
+    @given(transformer_cases(dtype=dtype, **bounds))
+    def agrees(case):
+        cfg, params, tokens, targets = case
+        batch = InterleavedBatch(tokens, targets, np.zeros((tokens.shape[0], cfg.d)))
+        got, expected = transformer_outputs(backend, cfg, params, batch), transformer_outputs(oracle, cfg, params, batch)
+        check_dtypes(arrays_of(got), dtype)
+        if dtype == "float64":
+            check_all(paired(got, expected), rtol=TRANSFORMER_RTOL[dtype])
+            return
+        def rounded(array):
+            return np.asarray(array).astype(np.float32).astype(np.float64)
+
+        batch64 = InterleavedBatch(rounded(tokens), rounded(targets), batch.weights)
+        exact = transformer_outputs(oracle, dataclasses.replace(cfg, dtype="float64"), {k: rounded(v) for k, v in params.items()}, batch64)
+        own_error = {key: float(np.max(np.abs(np.asarray(expected[key], np.float64) - exact[key]), initial=0.0)) for key in exact}
+        check_all({key: (ours, truth, 2.0 * own_error[key]) for key, (ours, truth) in paired(got, expected).items()}, rtol=TRANSFORMER_RTOL[dtype])
+
+    agrees()
+
+
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -345,7 +490,15 @@ def test_five_training_steps_end_where_the_oracles_end(name):
 
 
 def test_the_suite_covers_every_backend_iclgd_knows():
-    assert set(ENGINES) == set(iclgd.available_backends())
+    assert set(ENGINES) == set(iclgd.available_backends()) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_the_suite_knows_which_families_each_backend_computes(name):
+    """FAMILIES (which golden states a backend is held to) is what the backend declares, so a
+    backend that gains the transformer is held to its golden states at once."""
+    declared = {family for family, config in CONFIGS.items() if issubclass(config, iclgd.get_backend(name).families)}
+    assert declared == set(FAMILIES[name])
 
 
 def test_a_failure_names_the_tensor_its_shape_errors_worst_index_and_tolerance():

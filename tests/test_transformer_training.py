@@ -178,3 +178,24 @@ def test_a_few_hundred_steps_leave_the_initial_loss_and_learn_in_context(tmp_pat
     assert last["mse"] < first["mse"]
     assert last["icl_score"] < -0.5, last
     assert math.isfinite(last["delta_ridge"])
+
+
+@pytest.mark.slow
+def test_the_papers_model_leaves_the_plateau_and_learns_in_context_in_3000_steps(tmp_path):
+    """The paper's model (51,717 parameters), batch 256, jax in float32, the one-cycle schedule
+    compressed to 3000 steps: the Gaussian-prior MSE leaves the initial plateau (about
+    D + sigma^2 = 4.125) and the ICL score loss_8 - loss_1 falls below -1.  (Measured: MSE 4.47 ->
+    1.93, ICL score -3.52, in about 2 minutes on 2 cores.)"""
+    pytest.importorskip("jax")
+    config = run_config_from_dict({
+        "task": {"d": 4, "n_examples": 8, "noise_variance": 0.125},
+        "model": {"family": "transformer", "dtype": "float32"},
+        "train": {"steps": 3000, "batch_size": 256, "lr": 0.003, "schedule": "one_cycle", "clip_norm": 0.0,
+                  "checkpoint_every": 500, "backend": "jax"},
+    })
+    train(tmp_path, config)
+    rows = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    first, last = rows[0]["true"], rows[-1]["true"]
+    assert first["mse"] > 4.0
+    assert last["mse"] < 3.0
+    assert last["icl_score"] < -1.0, last

@@ -39,8 +39,9 @@ before it).  The n batches of a call are drawn first, stacked and sent once; the
 run as one jitted ``lax.scan`` whose carry (params, optimiser state, step, alive) is donated, and
 the state and records come back once at the end.  (A record's grad_norm is computed in
 ``cfg.dtype``; HostTrainer accumulates it in float64: equal in float64, round-off apart in
-float32.)  Very long calls are cut into scans of at most
-``max_scan_steps`` steps (the carry stays on the device between them).
+float32.)  A call is cut into scans whose lengths are powers of two of at most
+``max_scan_steps`` steps (``scan_lengths``; the carry stays on the device between them), so a
+run compiles a scan for at most about log2(max_scan_steps) lengths whatever its checkpoint grid.
 """
 from __future__ import annotations
 
@@ -344,13 +345,25 @@ def _one_step(plan: _Plan, carry, tokens, targets):
     return _train_step(plan, carry, (tokens, targets))
 
 
+def scan_lengths(n_steps: int, longest: int) -> list[int]:
+    """``n_steps`` cut into scans of powers of two no longer than ``longest`` (largest first).
+    A scan is compiled once per length, and checkpoint grids make calls of every length; powers
+    of two bound the compilations of a whole run by about log2(longest)."""
+    lengths, top = [], 1 << (max(1, longest).bit_length() - 1)
+    while n_steps > 0:
+        length = min(top, 1 << (n_steps.bit_length() - 1))
+        lengths.append(length)
+        n_steps -= length
+    return lengths
+
+
 class JaxTransformerTrainer:
     """``advance(state, n)``: n updates of ``config`` (a RunConfig whose model is a
     TransformerConfig), the host data stream and the semantics of ``HostTrainer`` (see the module
     docstring).  State crosses as host NumPy arrays (TrainState)."""
 
     #: the most steps one scan runs (a call with more is cut; the carry stays on the device)
-    max_scan_steps = 1000
+    max_scan_steps = 1024
 
     def __init__(self, config, n_chunks: int | None = None):
         enable_x64()
@@ -385,10 +398,11 @@ class JaxTransformerTrainer:
         n_steps = nonnegative_int("n_steps", n_steps)
         if n_steps == 0:
             return state, []
-        carry, outputs = self._carry(state), []
-        for start in range(0, n_steps, self.max_scan_steps):
-            tokens, targets = self._batches(state.step + start, min(self.max_scan_steps, n_steps - start))
+        carry, outputs, start = self._carry(state), [], 0
+        for length in scan_lengths(n_steps, self.max_scan_steps):
+            tokens, targets = self._batches(state.step + start, length)
             carry, records = _run_steps(self.plan, carry, tokens, targets)  # dispatched asynchronously
             outputs.append(records)
+            start += length
         columns = [np.concatenate([np.asarray(part[i]) for part in outputs]) for i in range(5)]
         return self._state(carry), _records(state.step, *columns)

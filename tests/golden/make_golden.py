@@ -19,8 +19,26 @@ Each ``<case>.npz`` holds (all float64 arrays unless said otherwise):
     grad/<name>       the loss's gradient with respect to each parameter
     sensitivity       d yhat / d x_q (B, d)
 
+The transformer cases (TRANSFORMER_CASES, iclgd.TransformerConfig) hold, likewise:
+    config            JSON string of the TransformerConfig fields and "family": "transformer"
+                      (an LSA file's config has no family field: the loader reads it as an LSAConfig)
+    generator, ...    as above
+    params/<name>     the parameters (iclgd.models.transformer.param_shapes), Gaussian with standard
+                      deviation ``param_std``; LayerNorm weights 1 + that noise
+    tokens, targets,  TRANSFORMER_BATCH_SIZE sequences in the interleaved layout
+    weights           (iclgd.tokens.interleaved): x ~ N(0, I_D), w ~ N(0, I_D), y = w.x + 0.3 N(0, 1);
+                      x-tokens (0, x_k) at even indices, y-tokens (y_k, 0, ..., 0) at odd ones
+    forward/<i>       forward's states: i = 0 the residual stream after the embedding, 1 .. n_layers
+                      after each block, n_layers + 1 the output (B, 2K, D + 1)
+    predictions       predict (B, K)
+    per_position_loss the MSE at each position (K,)
+    loss              the MSE, a 0-d array
+    grad/<name>       the loss's gradient with respect to each parameter
+(no sensitivity: the transformer has none).
+
 The inputs are drawn here with ``numpy.random.default_rng(seed)`` alone (not with
-iclgd.LinearRegressionTask), so the files depend on the oracle and nothing else in iclgd.
+iclgd.LinearRegressionTask or iclgd.NoisyRegressionTask), parameters first, so the files depend
+on the oracle and nothing else in iclgd.
 """
 from __future__ import annotations
 
@@ -32,6 +50,8 @@ from pathlib import Path
 import numpy as np
 
 import iclgd
+from iclgd.models.transformer import param_shapes as transformer_param_shapes
+from iclgd.tokens.interleaved import InterleavedBatch
 
 GENERATOR = "tests/golden/make_golden.py"
 HERE = Path(__file__).resolve().parent
@@ -45,6 +65,19 @@ CASES = {
     "three_tied_layers": ({"d": 2, "n_context": 4, "n_layers": 3, "n_heads": 2, "tied": True}, 103, 0.35),
     "include_query": ({"d": 2, "n_context": 4, "n_layers": 2, "include_query": True}, 104, 0.45),
     "key_size_not_value_size": ({"d": 2, "n_context": 4, "n_layers": 2, "n_heads": 2, "key_size": 2, "value_size": 4}, 105, 0.4),
+}
+
+TRANSFORMER_BATCH_SIZE = 3
+#: the interleaved targets' noise: y = w.x + NOISE_STD N(0, 1)
+NOISE_STD = 0.3
+#: transformer case name -> (TransformerConfig fields, seed, parameter standard deviation)
+TRANSFORMER_CASES = {
+    "transformer_one_block_softmax_ln": (
+        {"d": 3, "n_examples": 4, "n_layers": 1, "n_heads": 1, "d_model": 8, "d_mlp": 6}, 201, 0.5),
+    "transformer_two_blocks_two_heads_no_projection": (
+        {"d": 2, "n_examples": 3, "n_layers": 2, "n_heads": 2, "d_model": 8, "d_mlp": 6, "output_projection": False}, 202, 0.4),
+    "transformer_linear_attention_no_ln": (
+        {"d": 2, "n_examples": 4, "n_layers": 2, "n_heads": 2, "d_model": 8, "d_mlp": 6, "layer_norm": False, "attention": "linear"}, 203, 0.25),
 }
 
 def draw_inputs(cfg: iclgd.LSAConfig, seed: int, param_std: float) -> tuple[dict, iclgd.Batch]:
@@ -90,14 +123,62 @@ def golden_state(name: str) -> dict[str, np.ndarray]:
     }
 
 
+def draw_transformer_inputs(cfg: iclgd.TransformerConfig, seed: int, param_std: float) -> tuple[dict, InterleavedBatch]:
+    """(params, TRANSFORMER_BATCH_SIZE interleaved sequences), all float64, from ``default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in transformer_param_shapes(cfg).items():
+        value = param_std * rng.standard_normal(shape)
+        params[name] = value + 1.0 if ".ln" in name and name.endswith(".weight") else value
+    b, k, d = TRANSFORMER_BATCH_SIZE, cfg.n_examples, cfg.d
+    x = rng.standard_normal((b, k, d))
+    weights = rng.standard_normal((b, d))
+    y = np.einsum("bkd,bd->bk", x, weights) + NOISE_STD * rng.standard_normal((b, k))
+    tokens = np.zeros((b, 2 * k, d + 1))
+    tokens[:, 0::2, 1:] = x  # x-tokens (0, x_k)
+    tokens[:, 1::2, 0] = y  # y-tokens (y_k, 0, ..., 0)
+    return params, InterleavedBatch(tokens, y, weights)
+
+
+def transformer_oracle_state(cfg: iclgd.TransformerConfig, params: dict, batch: InterleavedBatch) -> dict[str, np.ndarray]:
+    """Everything the oracle computes for the transformer, under the names the .npz files use."""
+    oracle = iclgd.get_backend("numpy")
+    loss, grads = oracle.loss_and_grad(cfg, params, batch)
+    state = {f"forward/{index}": value for index, value in enumerate(oracle.forward(cfg, params, batch.tokens))}
+    state["predictions"] = oracle.predict(cfg, params, batch.tokens)
+    state["per_position_loss"] = oracle.per_position_loss(cfg, params, batch)
+    state["loss"] = np.asarray(loss, dtype=np.float64)
+    state |= {f"grad/{name}": grad for name, grad in grads.items()}
+    return state
+
+
+def transformer_golden_state(name: str) -> dict[str, np.ndarray]:
+    """The full contents of ``<name>.npz`` for a transformer case."""
+    fields, seed, param_std = TRANSFORMER_CASES[name]
+    cfg = iclgd.TransformerConfig(**fields)
+    params, batch = draw_transformer_inputs(cfg, seed, param_std)
+    return {
+        "config": np.asarray(json.dumps({**dataclasses.asdict(cfg), "family": cfg.family}, sort_keys=True)),
+        "generator": np.asarray(GENERATOR),
+        "iclgd_version": np.asarray(iclgd.__version__),
+        "numpy_version": np.asarray(np.__version__),
+        "seed": np.asarray(seed),
+        **{f"params/{key}": value for key, value in params.items()},
+        "tokens": batch.tokens,
+        "targets": batch.targets,
+        "weights": batch.weights,
+        **transformer_oracle_state(cfg, params, batch),
+    }
+
+
 def write_golden(out_dir: Path) -> list[Path]:
-    """Write every case to ``out_dir/<case>.npz``; return the paths."""
+    """Write every case (the LSA's, then the transformer's) to ``out_dir/<case>.npz``; return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in CASES:
+    for name, state in [*((n, golden_state) for n in CASES), *((n, transformer_golden_state) for n in TRANSFORMER_CASES)]:
         path = out_dir / f"{name}.npz"
-        np.savez_compressed(path, **golden_state(name))
+        np.savez_compressed(path, **state(name))
         paths.append(path)
     return paths
 
