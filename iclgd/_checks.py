@@ -150,3 +150,26 @@ def cast_finite(name: str, array: np.ndarray, dtype: object) -> np.ndarray:
             f"the largest {dtype.name} is {largest(dtype):.3g}"
         )
     return cast
+
+
+def check_named_arrays(params: object, expected: dict, dtype: str, config_text: str, shape_text: str) -> dict:
+    """``params`` as a dict name -> array in ``dtype``, or ValueError unless it has exactly the names
+    and shapes of ``expected`` (name -> shape) and only finite values that fit ``dtype``.
+    ``config_text`` and ``shape_text`` describe the config in the messages (what the names and the
+    shapes depend on)."""
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict name -> array; got {type(params).__name__}")
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected), key=repr)  # keys may be of any (mixed) type
+    if missing or unexpected:
+        raise ValueError(
+            f"params do not match the config ({config_text}): missing {missing}, unexpected {unexpected}; "
+            f"expected names {list(expected)}"
+        )
+    checked = {}
+    for name, shape in expected.items():
+        array = finite_array(f"params[{name!r}]", params[name])
+        if array.shape != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape} ({shape_text}); got {array.shape}")
+        checked[name] = cast_finite(f"params[{name!r}]", array, dtype)
+    return checked

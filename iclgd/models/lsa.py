@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd import limits
-from iclgd._checks import DRAW_BOUND, cast_finite, finite_array, finite_float, float_dtype, largest, max_abs, positive_int
+from iclgd._checks import DRAW_BOUND, cast_finite, check_named_arrays, finite_array, finite_float, float_dtype, largest, max_abs, positive_int
 from iclgd.streams import as_generator
 
 WEIGHT_NAMES = ("w_q", "w_k", "w_v", "w_o")
@@ -161,26 +161,10 @@ def check_params(cfg: LSAConfig, params: object) -> dict[str, np.ndarray]:
     """Raise ValueError unless ``params`` has exactly the names and shapes of ``param_shapes(cfg)``
     and only finite values that fit ``cfg.dtype``; return it as a dict of arrays in ``cfg.dtype``."""
     check_config(cfg)
-    if not isinstance(params, dict):
-        raise ValueError(f"params must be a dict name -> array; got {type(params).__name__}")
-    expected = param_shapes(cfg)
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected), key=repr)  # keys may be of any (mixed) type
-    if missing or unexpected:
-        raise ValueError(
-            f"params do not match the config (n_layers={cfg.n_layers}, tied={cfg.tied}): "
-            f"missing {missing}, unexpected {unexpected}; expected names {list(expected)}"
-        )
-    checked = {}
-    for name, shape in expected.items():
-        array = finite_array(f"params[{name!r}]", params[name])
-        if array.shape != shape:
-            raise ValueError(
-                f"params[{name!r}] must have shape {shape} (n_heads={cfg.n_heads}, D={cfg.token_size}, "
-                f"key_size={cfg.key_size}, value_size={cfg.value_size}); got {array.shape}"
-            )
-        checked[name] = cast_finite(f"params[{name!r}]", array, cfg.dtype)
-    return checked
+    return check_named_arrays(
+        params, param_shapes(cfg), cfg.dtype, f"n_layers={cfg.n_layers}, tied={cfg.tied}",
+        f"n_heads={cfg.n_heads}, D={cfg.token_size}, key_size={cfg.key_size}, value_size={cfg.value_size}",
+    )
 
 
 def check_tokens(cfg: LSAConfig, tokens: object) -> np.ndarray:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd import limits
-from iclgd._checks import cast_finite, finite_array, float_dtype, largest, max_abs, positive_int
+from iclgd._checks import cast_finite, check_named_arrays, finite_array, float_dtype, largest, max_abs, positive_int
 from iclgd.streams import as_generator
 
 ATTENTION_KINDS = ("softmax", "linear")
@@ -206,26 +206,11 @@ def check_params(cfg: TransformerConfig, params: object) -> dict[str, np.ndarray
     """Raise ValueError unless ``params`` has exactly the names and shapes of ``param_shapes(cfg)``
     and only finite values that fit ``cfg.dtype``; return it as a dict of arrays in ``cfg.dtype``."""
     check_config(cfg)
-    if not isinstance(params, dict):
-        raise ValueError(f"params must be a dict name -> array; got {type(params).__name__}")
-    expected = param_shapes(cfg)
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected), key=repr)
-    if missing or unexpected:
-        raise ValueError(
-            f"params do not match the config (n_layers={cfg.n_layers}, layer_norm={cfg.layer_norm}, "
-            f"output_projection={cfg.output_projection}): missing {missing}, unexpected {unexpected}"
-        )
-    checked = {}
-    for name, shape in expected.items():
-        array = finite_array(f"params[{name!r}]", params[name])
-        if array.shape != shape:
-            raise ValueError(
-                f"params[{name!r}] must have shape {shape} (d_model={cfg.d_model}, d_mlp={cfg.d_mlp}, "
-                f"D + 1={cfg.token_size}, 2K={cfg.n_tokens}); got {array.shape}"
-            )
-        checked[name] = cast_finite(f"params[{name!r}]", array, cfg.dtype)
-    return checked
+    return check_named_arrays(
+        params, param_shapes(cfg), cfg.dtype,
+        f"n_layers={cfg.n_layers}, layer_norm={cfg.layer_norm}, output_projection={cfg.output_projection}",
+        f"d_model={cfg.d_model}, d_mlp={cfg.d_mlp}, D + 1={cfg.token_size}, 2K={cfg.n_tokens}",
+    )
 
 
 def pass_bytes(cfg: TransformerConfig, batch_size: int) -> int:
