@@ -302,18 +302,18 @@ def _global_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def _train_step(plan: _Plan, carry, tokens, targets):
-    """One clipped-Adam update on a batch.  carry = (params, opt_state, step, alive).
+def guarded_update(adam: AdamConfig, carry, loss, grads):
+    """The clipped-Adam update of ``carry = (params, opt_state, step, alive)`` by ``grads``, kept
+    only if it is finite.
 
     A non-finite loss, gradient norm or new parameter value leaves params, optimiser state and
     step unchanged and sets alive = False, after which every later step is a no-op too (as
     HostTrainer stops).  Returns the new carry and the record (loss, lr, grad_norm, alive before
-    this step, whether every new parameter value is finite)."""
+    this step, whether every new parameter value is finite).  Every jax trainer's step ends here."""
     params, opt_state, step, alive = carry
-    loss, grads = jax.value_and_grad(_loss, argnums=1)(plan.cfg, params, tokens, targets)
     grad_norm = _global_norm(grads)
-    lr = learning_rate_schedule(plan.adam)(_adam_node(opt_state).count)
-    updates, new_opt_state = make_optimizer(plan.adam).update(grads, opt_state, params)
+    lr = learning_rate_schedule(adam)(_adam_node(opt_state).count)
+    updates, new_opt_state = make_optimizer(adam).update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(new_params)]))
     keep = alive & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
@@ -328,6 +328,12 @@ def _train_step(plan: _Plan, carry, tokens, targets):
         keep,
     )
     return new_carry, (loss, lr, grad_norm, alive, params_finite)
+
+
+def _train_step(plan: _Plan, carry, tokens, targets):
+    """One clipped-Adam update on a batch (``guarded_update``).  carry = (params, opt_state, step, alive)."""
+    loss, grads = jax.value_and_grad(_loss, argnums=1)(plan.cfg, carry[0], tokens, targets)
+    return guarded_update(plan.adam, carry, loss, grads)
 
 
 def _constrain(plan: _Plan, array):

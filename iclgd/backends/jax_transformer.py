@@ -53,11 +53,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from iclgd._checks import nonnegative_int
 from iclgd.backends.base import sample_loss_and_grad
-from iclgd.backends.jax_backend import _adam_node, _records, from_optax_state, learning_rate_schedule, make_optimizer, to_optax_state
+from iclgd.backends.jax_backend import _records, from_optax_state, guarded_update, make_optimizer, to_optax_state
 from iclgd.backends.training import StepRecord, TrainState
 from iclgd.models.transformer import LN_EPS, TransformerConfig, check_params, check_targets, check_tokens
 from iclgd.optim import AdamConfig
@@ -299,37 +298,12 @@ class _Plan:
     n_chunks: int = 1  # the loss's independent batch parts (batch_chunks)
 
 
-def _global_norm(tree):
-    """sqrt(sum of every squared entry), in the leaves' dtype (what clip_by_global_norm measures)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
-
-
 def _train_step(plan: _Plan, carry, batch):
-    """One update on a batch; carry = (params, opt_state, step, alive).
-
-    A non-finite loss, gradient norm or new parameter value keeps params, optimiser state and step
-    and sets alive = False, after which every later step of the scan is a no-op (as HostTrainer
-    stops).  The record: (loss, lr, grad_norm, alive before this step, every new param finite)."""
-    params, opt_state, step, alive = carry
+    """One update on a batch; carry = (params, opt_state, step, alive); the update and the
+    stop at a non-finite value are the LSA trainer's (``jax_backend.guarded_update``)."""
     tokens, targets = batch
-    loss, grads = jax.value_and_grad(_loss, argnums=1)(plan.cfg, params, tokens, targets, plan.n_chunks)
-    grad_norm = _global_norm(grads)
-    lr = learning_rate_schedule(plan.adam)(_adam_node(opt_state).count)
-    updates, new_opt_state = make_optimizer(plan.adam).update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(new_params)]))
-    keep = alive & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
-
-    def choose(new, old):
-        return jnp.where(keep, new, old)
-
-    new_carry = (
-        jax.tree_util.tree_map(choose, new_params, params),
-        jax.tree_util.tree_map(choose, new_opt_state, opt_state),
-        step + keep.astype(step.dtype),
-        keep,
-    )
-    return new_carry, (loss, lr, grad_norm, alive, params_finite)
+    loss, grads = jax.value_and_grad(_loss, argnums=1)(plan.cfg, carry[0], tokens, targets, plan.n_chunks)
+    return guarded_update(plan.adam, carry, loss, grads)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
