@@ -199,3 +199,69 @@ def test_the_papers_model_leaves_the_plateau_and_learns_in_context_in_3000_steps
     assert first["mse"] > 4.0
     assert last["mse"] < 3.0
     assert last["icl_score"] < -1.0, last
+
+
+# --- bad input through the public API ----------------------------------------------------------------
+
+
+def _paper_inputs(batch_size=3):
+    from iclgd.models.transformer import init_params
+
+    cfg = TransformerConfig(d=2, n_examples=3, n_layers=1, n_heads=2, d_model=4, d_mlp=4)
+    batch = NoisyRegressionTask(d=2, n_examples=3).sample(batch_size, 0)
+    return cfg, init_params(cfg, 0), batch
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"d_model": 6, "n_heads": 4}, "n_heads must divide d_model"), ({"attention": "relu"}, "attention must be one of"),
+     ({"layer_norm": "yes"}, "layer_norm must be True or False"), ({"n_examples": 0}, "n_examples")],
+)
+def test_impossible_transformer_configs_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig(**fields)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "jax"])
+def test_wrong_token_and_target_shapes_are_refused_naming_the_expected_shape(backend_name):
+    if backend_name == "jax":
+        pytest.importorskip("jax")
+    from iclgd import get_backend
+    from iclgd.tokens.interleaved import InterleavedBatch
+
+    backend = get_backend(backend_name)
+    cfg, params, batch = _paper_inputs()
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, 2K = 6, D \+ 1 = 3\)"):
+        backend.predict(cfg, params, batch.tokens[:, :4])
+    with pytest.raises(ValueError, match=r"targets must have shape \(B, K\) = \(3, 3\)"):
+        backend.loss(cfg, params, InterleavedBatch(batch.tokens, batch.targets[:, :2], batch.weights))
+    bad = dict(params)
+    bad["embed.w"] = np.full_like(params["embed.w"], np.nan)
+    with pytest.raises(ValueError, match=r"params\['embed.w'\]"):
+        backend.loss_and_grad(cfg, bad, batch)
+    with pytest.raises(ValueError, match="missing"):
+        backend.predict(cfg, {k: v for k, v in params.items() if k != "unembed.b"}, batch.tokens)
+
+
+def test_the_lsa_has_no_per_position_loss_and_the_transformer_no_sensitivity():
+    import iclgd
+
+    backend = iclgd.get_backend("numpy")
+    lsa = iclgd.LSAConfig(d=2)
+    lsa_batch = iclgd.LinearRegressionTask(d=2, n_context=3).sample(2, 0)
+    with pytest.raises(ValueError, match="per-position loss is defined for"):
+        backend.per_position_loss(lsa, iclgd.init_params(lsa), lsa_batch)
+    cfg, params, batch = _paper_inputs()
+    with pytest.raises(ValueError, match="sensitivity is defined for the LSA"):
+        backend.sensitivity(cfg, params, batch.tokens)
+
+
+def test_iclgd_train_trains_a_transformer_from_a_config_file(tmp_path):
+    from iclgd.cli import main
+
+    config = tmp_path / "run.toml"
+    config.write_text('[task]\nd = 2\nn_examples = 3\n[model]\nfamily = "transformer"\nn_layers = 1\nn_heads = 1\n'
+                      'd_model = 4\nd_mlp = 4\n[train]\nsteps = 6\nbatch_size = 8\ncheckpoint_every = 3\neval_size = 16\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert len((tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()) == 3
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet", "--backend", "numba"]) == 2
