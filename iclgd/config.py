@@ -216,6 +216,9 @@ class RunConfig:
         if isinstance(self.model, TransformerConfig):
             self._check_transformer()
             return
+        if self.train.eval_size is not None:
+            raise ValueError(f"eval_size sets the validation set a transformer run evaluates at every checkpoint; "
+                             f"the {self.model.family!r} family has none: leave it out (got {self.train.eval_size})")
         if isinstance(self.model, LearnedGDConfig):
             gd_models.check_init_scale(self.model, self.train.init_scale, "init_scale")
         else:

@@ -265,3 +265,23 @@ def test_iclgd_train_trains_a_transformer_from_a_config_file(tmp_path):
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert len((tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()) == 3
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet", "--backend", "numba"]) == 2
+
+
+def test_the_validation_set_is_predicted_in_chunks_of_the_batch_size(tmp_path):
+    """A validation set larger than one pass may hold is evaluated chunk by chunk: the row equals
+    the one of a single pass."""
+    from iclgd.backends import get_backend
+    from iclgd.backends.training import initial_state
+    from iclgd.train.evaluation import CheckpointEvaluator
+
+    small_batches = tiny_config(batch_size=7, eval_size=50)
+    one_pass = tiny_config(batch_size=50, eval_size=50)
+    state = initial_state(small_batches)
+    chunked = CheckpointEvaluator(get_backend("numpy"), small_batches)(state)
+    whole = CheckpointEvaluator(get_backend("numpy"), one_pass)(state)
+    assert chunked["true"]["mse_per_position"] == pytest.approx(whole["true"]["mse_per_position"], rel=1e-12)
+
+
+def test_eval_size_is_refused_for_a_family_that_does_not_evaluate():
+    with pytest.raises(ConfigError, match="eval_size"):
+        run_config_from_dict({"task": {"d": 2, "n_context": 3}, "train": {"eval_size": 10}})

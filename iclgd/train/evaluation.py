@@ -65,10 +65,17 @@ class CheckpointEvaluator:
             for name, found in self.baselines.items()
         }
 
+    def _predict(self, params: dict, tokens: np.ndarray) -> np.ndarray:
+        """(B, K) predictions in chunks of the run's batch size (a size whose pass the config was
+        checked to fit in memory), float64."""
+        step = self.config.train.batch_size
+        parts = [self.backend.predict(self.config.model, params, tokens[i:i + step]) for i in range(0, len(tokens), step)]
+        return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])
+
     def __call__(self, state) -> dict:
         row = {"param_norm": float(np.sqrt(sum(float(np.sum(np.square(p, dtype=np.float64))) for p in state.params.values())))}
         for name, examples in self.sets.items():
-            predictions = np.asarray(self.backend.predict(self.config.model, state.params, self.tokens[name]), dtype=np.float64)
+            predictions = self._predict(state.params, self.tokens[name])
             per_position = _mse_per_position(predictions, examples.ys)
             measures = {
                 "mse": float(per_position.mean()),
