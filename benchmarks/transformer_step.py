@@ -44,35 +44,10 @@ PAPER_STEPS = 500_000
 # --- data -------------------------------------------------------------------------------------------
 
 
-class _Batch:
-    def __init__(self, tokens, targets):
-        self.tokens, self.targets = tokens, targets
-
-
-class BenchTask:
-    """Interleaved linear regression drawn from ``rng``: x, w ~ N(0, I_D), y = w.x + 0.1 N(0, 1)
-    (stands in for the library's task; only the shapes and the cost of drawing matter here)."""
-
-    def __init__(self, d: int, n_examples: int):
-        self.d, self.n_examples = d, n_examples
-
-    def sample(self, batch_size: int, rng: np.random.Generator) -> _Batch:
-        k, d = self.n_examples, self.d
-        x = rng.standard_normal((batch_size, k, d))
-        w = rng.standard_normal((batch_size, d))
-        y = np.einsum("bkd,bd->bk", x, w) + 0.1 * rng.standard_normal((batch_size, k))
-        tokens = np.zeros((batch_size, 2 * k, d + 1))
-        tokens[:, 0::2, 1:] = x
-        tokens[:, 1::2, 0] = y
-        return _Batch(tokens, y)
-
-
 def bench_task(cfg):
-    """The library's task of the paper (iclgd.tasks.noisy), else the stand-in above."""
-    try:
-        from iclgd.tasks.noisy import NoisyRegressionTask
-    except ImportError:
-        return BenchTask(cfg.d, cfg.n_examples)
+    """The paper's task (iclgd.tasks.noisy) at the config's D and K, in its dtype."""
+    from iclgd.tasks.noisy import NoisyRegressionTask
+
     return NoisyRegressionTask(d=cfg.d, n_examples=cfg.n_examples, dtype=cfg.dtype)
 
 
@@ -279,7 +254,7 @@ def machine_description(threads: int) -> str:
 def run(batch_size: int, dtype: str, repeats: int, scan_steps: int, threads: int, engines: list[str] | None) -> dict:
     cfg = TransformerConfig(dtype=dtype)
     params = init_params(cfg, 0)
-    task = BenchTask(cfg.d, cfg.n_examples)
+    task = bench_task(cfg)
     rng = np.random.default_rng(1)
     batches = []
     for _ in range(8):

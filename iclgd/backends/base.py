@@ -42,6 +42,7 @@ class Backend(ABC):
 
     name = "backend"
     families: tuple[type, ...] = (LSAConfig,)
+    _transformer_engine = None  # a subclass's engine object for TransformerConfig, made on first use
 
     # --- validation, once for every engine ----------------------------------------------------------
 

@@ -505,9 +505,11 @@ class JaxBackend(Backend):
     def _engine(self, cfg):
         """The LSA is computed by this class; the transformer by iclgd.backends.jax_transformer."""
         if isinstance(cfg, TransformerConfig):
-            from iclgd.backends.jax_transformer import JaxTransformerEngine
+            if self._transformer_engine is None:  # built once, on first use
+                from iclgd.backends.jax_transformer import JaxTransformerEngine
 
-            return JaxTransformerEngine()
+                self._transformer_engine = JaxTransformerEngine()
+            return self._transformer_engine
         return self
 
     def __init__(self, devices=None):

@@ -146,9 +146,11 @@ class NumpyBackend(Backend):
         """The LSA is computed by this class; the transformer by its own oracle
         (iclgd.backends.numpy_transformer)."""
         if isinstance(cfg, TransformerConfig):
-            from iclgd.backends.numpy_transformer import TransformerOracle
+            if self._transformer_engine is None:  # built once, on first use
+                from iclgd.backends.numpy_transformer import TransformerOracle
 
-            return TransformerOracle()
+                self._transformer_engine = TransformerOracle()
+            return self._transformer_engine
         return self
 
     def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:

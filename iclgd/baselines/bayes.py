@@ -34,6 +34,7 @@ import numpy as np
 
 from iclgd import limits
 from iclgd._checks import finite_array, finite_float, max_abs, positive_int
+from iclgd.baselines.gd import svd_ridge
 from iclgd.streams import as_generator
 from iclgd.tasks.examples import Examples
 
@@ -79,26 +80,6 @@ def _finite(caller: str, result: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> 
 # --- ridge, least squares, zero -------------------------------------------------------------------
 
 
-def _ridge_weights(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
-    """argmin_w ||X w - y||^2 + penalty ||w||^2 for every sequence: x (B, n, d), y (B, n) -> (B, d).
-
-    From the SVD X = U diag(s) V^T, w = V diag(s / (s^2 + penalty)) U^T y, the gain written
-    1 / (s + penalty / s) so that s^2 never overflows.  penalty = 0: singular values below
-    max(n, d) eps s_max are dropped, the minimum-norm least-squares solution X^+ y."""
-    try:
-        u, s, vt = np.linalg.svd(x, full_matrices=False)  # (B, n, r), (B, r), (B, r, d)
-    except np.linalg.LinAlgError as error:
-        raise ValueError(f"examples (largest |x| {max_abs(x):.3g}) defeat the SVD of their prefixes: {error}") from None
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if penalty > 0:
-            safe = np.where(s > 0, s, 1.0)
-            gain = np.where(s > 0, 1.0 / (safe + penalty / safe), 0.0)
-        else:
-            keep = s > max(x.shape[1], x.shape[2]) * np.finfo(np.float64).eps * s[:, :1]
-            gain = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
-        return np.einsum("brd,br->bd", vt, gain * np.einsum("bnr,bn->br", u, y))
-
-
 def ridge(examples: Examples, noise_variance: float) -> np.ndarray:
     r"""The posterior-mean prediction under the prior w ~ N(0, I_d), per prefix, (B, K):
 
@@ -106,7 +87,7 @@ def ridge(examples: Examples, noise_variance: float) -> np.ndarray:
 
     X_k (k - 1, d) the inputs and y_{<k} the labels of the pairs before k, sigma^2 =
     ``noise_variance``.  Batched over sequences (one SVD of the (B, k - 1, d) prefixes per k;
-    see ``_ridge_weights``), float64.
+    see ``iclgd.baselines.gd.svd_ridge``), float64.
 
     noise_variance = 0 is allowed and gives the limit sigma^2 -> 0 of the posterior mean, the
     minimum-norm least-squares solution X_k^+ y_{<k} (``least_squares``): under-determined
@@ -122,7 +103,7 @@ def ridge(examples: Examples, noise_variance: float) -> np.ndarray:
     )
     out = np.zeros((batch_size, length))
     for k in range(2, length + 1):
-        weights = _ridge_weights(xs[:, : k - 1], ys[:, : k - 1], penalty)
+        weights = svd_ridge(xs[:, : k - 1], ys[:, : k - 1], penalty)
         with np.errstate(over="ignore", invalid="ignore"):
             out[:, k - 1] = np.einsum("bd,bd->b", weights, xs[:, k - 1])
     return _finite("ridge", out, xs, ys)

@@ -152,6 +152,29 @@ def gdpp_predict(tokens: object, eta: object, gamma: object, steps: int = 1, w0:
     return _finite_result("gdpp_predict", -y_query, tokens, eta=etas, gamma=gammas, steps=steps, w0=w0_given)
 
 
+def svd_ridge(x: np.ndarray, y: np.ndarray, ridge: float, inputs: str = "examples", rows: str = "prefixes") -> np.ndarray:
+    """argmin_w ||X w - y||^2 + ridge ||w||^2 for every sequence: x (B, n, d), y (B, n) -> (B, d),
+    float64, from the SVD X = U diag(s) V^T: w = V diag(s / (s^2 + ridge)) U^T y (the gain written
+    1 / (s + ridge / s) where s^2 overflows).  ridge = 0: singular values below max(n, d) eps s_max
+    are dropped, the minimum-norm least-squares solution X^+ y.  ``inputs`` and ``rows`` name the
+    arrays in the error raised when the SVD fails."""
+    try:
+        u, s, vt = np.linalg.svd(x, full_matrices=False)  # (B, n, r), (B, r), (B, r, d)
+    except np.linalg.LinAlgError as error:
+        raise ValueError(f"{inputs} (largest |entry| {max_abs(x):.3g}) defeat the SVD of their {rows}: {error}") from None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if ridge > 0:
+            gain = s / (s**2 + ridge)
+            if not np.isfinite(gain).all():  # s^2 overflowed (huge inputs): the same gain, written as 1 / (s + ridge / s)
+                positive = np.where(s > 0, s, 1.0)
+                gain = np.where(s > 0, 1.0 / (positive + ridge / positive), 0.0)
+        else:
+            cutoff = max(x.shape[1], x.shape[2]) * np.finfo(np.float64).eps * s[:, :1]
+            keep = s > cutoff
+            gain = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+        return np.einsum("brd,br->bd", vt, gain * np.einsum("bnr,bn->br", u, y))
+
+
 def ridge_weights(tokens: object, ridge: float) -> np.ndarray:
     r"""Per-task ridge solution ``argmin_w sum_i (w . x_i - y_i)^2 + ridge ||w||^2``, (B, d).
 
@@ -163,22 +186,7 @@ def ridge_weights(tokens: object, ridge: float) -> np.ndarray:
     """
     x, y, _ = split_tokens(tokens)
     ridge = finite_float("ridge", ridge, nonnegative=True)
-    try:
-        u, s, vt = np.linalg.svd(x, full_matrices=False)  # (B, N, r), (B, r), (B, r, d)
-    except np.linalg.LinAlgError as error:
-        raise ValueError(f"tokens (largest |entry| {max_abs(x):.3g}) defeat the SVD of their contexts: {error}") from None
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if ridge > 0:
-            gain = s / (s**2 + ridge)
-            if not np.isfinite(gain).all():  # s^2 overflowed (huge inputs): the same gain, written as 1 / (s + ridge / s)
-                positive = np.where(s > 0, s, 1.0)
-                gain = np.where(s > 0, 1.0 / (positive + ridge / positive), 0.0)
-        else:
-            cutoff = max(x.shape[1], x.shape[2]) * np.finfo(np.float64).eps * s[:, :1]
-            keep = s > cutoff
-            gain = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
-        coefficients = gain * np.einsum("bnr,bn->br", u, y)
-        weights = np.einsum("brd,br->bd", vt, coefficients)
+    weights = svd_ridge(x, y, ridge, "tokens", "contexts")
     return _finite_result("ridge_weights", weights, tokens, ridge=ridge)
 
 
