@@ -307,3 +307,43 @@ def adam_update(config: AdamConfig, params: Params, grads: Params, state: AdamSt
     gradient's global norm before clipping)."""
     updates, chain_state = adam_chain(config).update(grads, adam_chain_state(state), params)
     return apply_updates(params, updates), adam_state_of(chain_state), gradient_norm(chain_state)
+
+
+# --- SGLD: the sampler of the local learning coefficient, as one more transform ---------------------
+
+
+def sgld(step_size: float, nbeta: float, localization: float, center: Params,
+         mask: Params | None = None) -> GradientTransformation:
+    r"""Stochastic-gradient Langevin dynamics localised at w* = ``center`` (Welling & Teh, 2011;
+    the localised form of Lau et al., 2023), as a transform of the gradient g of the loss:
+
+        u <- -(eps / 2) [nbeta g + gamma (w - w*)] + sqrt(eps) xi,     xi ~ N(0, I),
+
+    eps = step_size, gamma = localization, w = ``params`` (required).  The standard normals xi
+    (a dict like params, any float dtype) come with each call, ``update(grads, state, params,
+    noise=xi)``, so that every backend can be fed the same draws; ``noise=None`` gives the
+    noiseless step, which is a gradient step of size eps nbeta / 2 when gamma = 0.  ``mask``
+    (name -> 0/1 array broadcastable to the parameter, default all ones) restricts the chain:
+    entries with mask 0 get u = 0 and stay at w*.  Its stationary density (eps -> 0) is
+    proportional to exp(-nbeta L(w) - (gamma / 2) ||w - w*||^2).  State: ScheduleState(draws made)."""
+    for name, value in (("step_size", step_size), ("nbeta", nbeta), ("localization", localization)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number; got {value!r}")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be positive; got {step_size}")
+    if nbeta < 0 or localization < 0:
+        raise ValueError(f"nbeta and localization must be non-negative; got nbeta={nbeta}, localization={localization}")
+    half, noise_scale = 0.5 * float(step_size), math.sqrt(float(step_size))
+
+    def update(updates, state, params=None, noise=None):
+        if params is None:
+            raise ValueError("sgld needs the current params (the localization term pulls them towards the center)")
+        new = {}
+        for name, g in updates.items():
+            step = -half * (nbeta * g + localization * (params[name] - center[name]))
+            if noise is not None:
+                step = step + noise_scale * noise[name]
+            new[name] = step if mask is None else step * mask[name]
+        return new, ScheduleState(state.count + 1)
+
+    return GradientTransformation(lambda params: ScheduleState(0), update)

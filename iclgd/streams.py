@@ -7,6 +7,7 @@ run's seed and nothing else (no global state):
     training batch t               SeedSequence(seed, spawn_key=(0, t))          fold_in(PRNGKey(seed), t)
     model init                     SeedSequence(seed, spawn_key=(1,))            (the init is drawn on the host)
     a finite task pool             SeedSequence(pool_seed, spawn_key=(2,))       (drawn once, on the host)
+    SGLD chain c (LLC estimation)  SeedSequence(seed, spawn_key=(3, c))          (drawn on the host, fed to jax)
     evaluation, by purpose         SeedSequence([seed, crc32(purpose)])          -
     an explicit seed or generator  default_rng(seed), or the Generator as is     -
     children of a generator        SeedSequence(128-bit key drawn from it,       -
@@ -32,7 +33,7 @@ from iclgd._checks import nonnegative_int
 #: How each sampler's batch stream is written in a checkpoint (the stream's name; its state is (seed, t)).
 DATA_STREAMS = {"numpy": "iclgd.train.batch_rng(seed, t)", "jax": "jax.random.fold_in(PRNGKey(seed), t)"}
 
-_BATCH, _INIT, _POOL = 0, 1, 2  # spawn keys of the training streams and of the task pool
+_BATCH, _INIT, _POOL, _SGLD = 0, 1, 2, 3  # spawn keys of the training streams, the task pool and SGLD chains
 
 
 def batch_rng(seed: int, step: int) -> np.random.Generator:
@@ -56,6 +57,14 @@ def pool_rng(pool_seed: int) -> np.random.Generator:
     SeedSequence(pool_seed, spawn_key=(2,)), independent of every batch and init stream of a run
     that uses the same number as its seed."""
     return np.random.default_rng(np.random.SeedSequence(nonnegative_int("pool_seed", pool_seed), spawn_key=(_POOL,)))
+
+
+def sgld_rng(seed: int, chain: int) -> np.random.Generator:
+    """The generator of SGLD chain ``chain`` of an LLC estimate with ``seed``: PCG64 on
+    SeedSequence(seed, spawn_key=(3, chain)).  Each step draws its minibatch's indices, then
+    the standard normals of its noise (``iclgd.analysis.llc``), so chains are independent of
+    each other and of how many chains run."""
+    return np.random.default_rng(np.random.SeedSequence(nonnegative_int("seed", seed), spawn_key=(_SGLD, nonnegative_int("chain", chain))))
 
 
 def purpose_rng(seed: int, purpose: str) -> np.random.Generator:

@@ -18,7 +18,7 @@ the backend itself for the LSA, an engine object for other families):
     _sensitivity(cfg, params, tokens)              -> LSA: d yhat / d x_q (B, d)
 
 and may override ``_loss`` (default: the LSA's half-MSE of ``_predict``), ``_per_position_loss``
-(families with a loss per position), ``_sample_loss_and_grad`` (fusing the sampling of a
+and ``_per_position_loss_and_grad`` (families with a loss per position), ``_sample_loss_and_grad`` (fusing the sampling of a
 training batch with its gradient, as long as it draws the same numbers), ``trainer`` (default:
 the host loop, ``iclgd.backends.training.HostTrainer``) and ``seeds_trainer`` (one program for
 many seeds; default None: train them one by one).
@@ -112,6 +112,15 @@ class Backend(ABC):
         self._outputs(cfg, "loss and gradient", [loss, *grads.values()], params, tokens, targets)
         return float(loss), grads
 
+    def per_position_loss_and_grad(self, cfg, params: dict, batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(L_k (K,), the gradient of ``loss`` = mean_k L_k) from one forward and backward pass
+        (families predicting every position: the transformer)."""
+        params, tokens, targets = self._checked_batch(cfg, params, batch)
+        with np.errstate(over="ignore", invalid="ignore"):
+            per_position, grads = self._engine(cfg)._per_position_loss_and_grad(cfg, params, tokens, targets)
+        self._outputs(cfg, "per-position loss and gradient", [per_position, *grads.values()], params, tokens, targets)
+        return per_position, grads
+
     def sensitivity(self, cfg, params: dict, tokens: np.ndarray) -> np.ndarray:
         """LSA: d yhat_b / d x_q,b for every task, (B, d), the query's y-slot held fixed."""
         params, tokens = self._checked(cfg, params, tokens)
@@ -137,6 +146,13 @@ class Backend(ABC):
         (the training loop then advances the seeds' own trainers one after the other)."""
         return None
 
+    def sgld_chains(self, objective, center: dict, settings, mask, per_position: bool, init_loss: float,
+                    init_per_position):
+        """The SGLD chains of an LLC estimate (``iclgd.analysis.llc``) as one program, returning
+        ``iclgd.sgld.ChainRecords``, or None when the engine has none: the estimator then advances
+        the chains in lockstep on the host (``iclgd.sgld.run_host_chains``)."""
+        return None
+
     # --- what an engine implements ---------------------------------------------------------------------
 
     @abstractmethod
@@ -159,6 +175,9 @@ class Backend(ABC):
             f"the per-position loss is defined for families that predict every position (iclgd.TransformerConfig); "
             f"the {type(cfg).__name__} predicts the query alone: use loss"
         )
+
+    def _per_position_loss_and_grad(self, cfg, params: dict, tokens: np.ndarray, targets: np.ndarray):
+        return self._per_position_loss(cfg, params, tokens, targets)  # raises for families without positions
 
     def _sample_loss_and_grad(self, cfg, task, params: dict, batch_size: int, rng: np.random.Generator):
         """(loss, grads) on ``task.sample(batch_size, rng)``; params are checked already, the batch

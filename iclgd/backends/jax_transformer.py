@@ -212,8 +212,15 @@ def _weighted_loss(cfg: TransformerConfig, params: dict, tokens, targets, positi
     return jnp.dot(_per_position_loss(cfg, params, tokens, targets), position_weights)
 
 
+def _per_position_and_loss(cfg: TransformerConfig, params: dict, tokens, targets):
+    """(L = mean_k L_k, L_k (K,)): the loss with the per-position losses as auxiliary output."""
+    per_position = _per_position_loss(cfg, params, tokens, targets)
+    return jnp.mean(per_position), per_position
+
+
 _forward_jit = jax.jit(_forward, static_argnums=0)
 _predict_jit = jax.jit(_predict, static_argnums=0)
+_per_position_loss_and_grad_jit = jax.jit(jax.value_and_grad(_per_position_and_loss, argnums=1, has_aux=True), static_argnums=0)
 _per_position_loss_jit = jax.jit(_per_position_loss, static_argnums=0)
 _loss_jit = jax.jit(_loss, static_argnums=(0, 4))
 _loss_and_grad_jit = jax.jit(jax.value_and_grad(_loss, argnums=1), static_argnums=(0, 4))
@@ -267,6 +274,12 @@ class JaxTransformerEngine:
     def _loss_and_grad(self, cfg: TransformerConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         loss, grads = _loss_and_grad_jit(cfg, params, tokens, targets, batch_chunks(tokens.shape[0]))
         return float(loss), _host(grads)
+
+    def _per_position_loss_and_grad(self, cfg: TransformerConfig, params: dict, tokens: np.ndarray,
+                                    targets: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(L_k (K,), the gradient of L = mean_k L_k)."""
+        (_, per_position), grads = _per_position_loss_and_grad_jit(cfg, params, tokens, targets)
+        return _host(per_position), _host(grads)
 
     def _loss_and_grad_weighted(self, cfg: TransformerConfig, params: dict, tokens: np.ndarray, targets: np.ndarray,
                                 position_weights: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:

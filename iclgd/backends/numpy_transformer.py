@@ -335,6 +335,12 @@ class TransformerOracle:
         per_position, grads = _per_position_loss_and_grad(cfg, params, tokens, targets, weights)
         return float(np.mean(per_position)), grads
 
+    def _per_position_loss_and_grad(self, cfg: TransformerConfig, params: dict, tokens: np.ndarray,
+                                    targets: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(L_k (K,), the gradient of L = mean_k L_k): one forward and one backward pass."""
+        weights = np.full(cfg.n_examples, 1.0 / cfg.n_examples, dtype=tokens.dtype)
+        return _per_position_loss_and_grad(cfg, params, tokens, targets, weights)
+
     def _loss_and_grad_weighted(self, cfg: TransformerConfig, params: dict, tokens: np.ndarray, targets: np.ndarray,
                                 position_weights) -> tuple[float, dict[str, np.ndarray]]:
         """(L = sum_k position_weights[k] L_k, its gradient): position_weights a (K,) array."""
