@@ -138,15 +138,18 @@ def mala_acceptance(w: dict, w_new: dict, loss: float, grads: dict, loss_new: fl
     eps = step_size
     energy = nbeta * (loss - loss_new)
     log_q_forward = log_q_backward = 0.0
-    for name in w:
-        m = 1.0 if mask is None else mask[name]
-        a, b = np.asarray(w[name], np.float64), np.asarray(w_new[name], np.float64)
-        drift_a = m * (nbeta * grads[name] + localization * (a - center[name]))
-        drift_b = m * (nbeta * grads_new[name] + localization * (b - center[name]))
-        energy += 0.5 * localization * float(np.sum(m * ((a - center[name]) ** 2 - (b - center[name]) ** 2)))
-        log_q_forward -= float(np.sum(m * (b - a + 0.5 * eps * drift_a) ** 2)) / (2 * eps)
-        log_q_backward -= float(np.sum(m * (a - b + 0.5 * eps * drift_b) ** 2)) / (2 * eps)
+    with np.errstate(over="ignore", invalid="ignore"):  # a far proposal gives alpha = 0, not a warning
+        for name in w:
+            m = 1.0 if mask is None else mask[name]
+            a, b = np.asarray(w[name], np.float64), np.asarray(w_new[name], np.float64)
+            drift_a = m * (nbeta * grads[name] + localization * (a - center[name]))
+            drift_b = m * (nbeta * grads_new[name] + localization * (b - center[name]))
+            energy += 0.5 * localization * float(np.sum(m * ((a - center[name]) ** 2 - (b - center[name]) ** 2)))
+            log_q_forward -= float(np.sum(m * (b - a + 0.5 * eps * drift_a) ** 2)) / (2 * eps)
+            log_q_backward -= float(np.sum(m * (a - b + 0.5 * eps * drift_b) ** 2)) / (2 * eps)
     log_alpha = energy + log_q_backward - log_q_forward
+    if math.isnan(log_alpha):  # inf - inf: a proposal too far out to score
+        return 0.0
     return 1.0 if log_alpha >= 0 else float(math.exp(log_alpha))
 
 
@@ -185,6 +188,7 @@ class ChainRecords:
 # --- the host chains ------------------------------------------------------------------------------------
 
 
+@np.errstate(over="ignore", invalid="ignore")  # a diverging chain is reported as LLCDiverged, not as warnings
 def run_host_chains(objective, center: dict, settings: SGLDSettings, mask: dict | None, per_position: bool,
                     init_loss: float, init_per_position: np.ndarray | None) -> ChainRecords:
     """Advance ``settings.num_chains`` chains in lockstep on the host: each step, for each chain,
