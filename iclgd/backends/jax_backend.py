@@ -47,6 +47,10 @@ The optimiser is ``optax.chain(optax.clip_by_global_norm(c), optax.adam(schedule
 (no clipping when clip_norm is 0), the schedule being ``AdamConfig.learning_rate``; its state
 maps to and from ``iclgd.optim.AdamState`` so checkpoints move between backends.
 ``seeds_trainer(config, seeds)`` vmaps the same step over many seeds in one program.
+
+LLC estimates (``iclgd.analysis.llc``): ``sgld_chains`` runs an estimate's SGLD chains, for both
+families, as one compiled program (the chains vmapped, the steps in a ``lax.scan``) fed the host
+runner's draws; see ``iclgd.backends.jax_sgld``.
 """
 from __future__ import annotations
 
@@ -568,6 +572,14 @@ class JaxBackend(Backend):
 
             return JaxTransformerTrainer(config)
         return JaxTrainer(self, config)
+
+    def sgld_chains(self, objective, center: dict, settings, mask, per_position: bool, init_loss: float,
+                    init_per_position):
+        """The SGLD chains of an LLC estimate (both families) as one compiled program - all chains
+        vmapped, the steps in a lax.scan, fed the host runner's draws: see iclgd.backends.jax_sgld."""
+        from iclgd.backends.jax_sgld import sgld_chains
+
+        return sgld_chains(objective, center, settings, mask, per_position, init_loss, init_per_position)
 
     def seeds_trainer(self, config, seeds: list[int]):
         """Train one run per seed at once (vmapped); see JaxSeedsTrainer.  None for the transformer
