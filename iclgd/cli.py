@@ -1,4 +1,4 @@
-"""The `iclgd` command: check, train, reproduce, bench."""
+"""The `iclgd` command: check, train, reproduce, llc, bench."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,8 @@ EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose rea
 
 EPILOG = f"""exit codes:
   0    success (reproduce: every claim holds; with --quick, every smoke check)
-  1    a claim or check does not hold, or training diverged (the last good checkpoint is kept)
+  1    a claim or check does not hold, or training diverged (the last good checkpoint is kept),
+       or (llc) the SGLD chains of a checkpoint diverged (its result file says where)
   2    a bad command line, config or setting, or a backend whose extra is not installed
   {EX_IOERR}   an operating-system error: disk full, read-only file system, permission denied,
        a file where a directory belongs (one line on stderr names what failed and the path)
@@ -149,6 +150,103 @@ def _check_seeds(config, n_seeds: int) -> None:
         f"training {n_seeds} runs ({'all steps at once, vmapped' if together else 'one step at a time'}; each "
         f"{limits.lsa_shape_text(lsa, config.train.batch_size, config.task.n_context)})",
     )
+
+
+def _llc(args: argparse.Namespace) -> int:
+    from iclgd.experiments import llc_run
+
+    run_info = llc_run.open_run(args.run_dir)
+    with errors_with_flags(args):
+        settings = llc_run.LLCSettings(
+            chains=args.chains, draws=args.draws, burnin=args.burnin, step_size=args.step_size, nbeta=args.nbeta,
+            localization=args.localization, batch_size=args.batch_size, data_size=args.data_size, seed=args.seed,
+            score=args.score, per_position=args.per_position, mala_every=args.mala_every,
+        ).resolved(run_info.config.model)
+    results = llc_run.run(args.run_dir, settings, checkpoints=args.checkpoints, backend=args.backend,
+                          out_dir=args.out, quiet=args.quiet)
+    print(llc_run.format_table(results["table"]))
+    figure = f" and {results['figure']}" if results.get("figure") else " (no figure: matplotlib is not installed)"
+    print(f"\nwrote {results['out']}/{llc_run.RESULT_FILE}{figure}; one step_<step>.json per checkpoint")
+    diverged = [row["step"] for row in results["table"] if row["diverged"]]
+    if diverged:
+        print(f"iclgd: the SGLD chains diverged at step{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))} "
+              "(their files say where): lower --step-size or --nbeta, or raise --localization, in another --out",
+              file=sys.stderr)
+    return results["exit_code"]
+
+
+def _add_llc_parser(commands, command) -> None:
+    import textwrap
+
+    from iclgd.analysis.llc import SCORES, default_burnin
+    from iclgd.experiments import llc_run
+
+    t, lsa, paper = llc_run.TRANSFORMER_DEFAULTS, llc_run.LSA_DEFAULTS, llc_run.PAPER
+
+    def default(name: str, transformer: str | None = None, lsa_text: str | None = None) -> str:
+        t_text = transformer if transformer is not None else _shown(t[name])
+        l_text = lsa_text if lsa_text is not None else _shown(lsa[name])
+        paper_text = f"; the paper's: {_shown(paper[name])}" if name in paper and paper[name] != t[name] else ""
+        if t_text == l_text:
+            return f"(default: {t_text}{paper_text})"
+        return f"(default: {t_text} for a transformer run{paper_text}, {l_text} for the LSA families)"
+
+    llc = command(commands, "llc", "estimate the local learning coefficient (LLC) of a run's checkpoints by SGLD, over training")
+    llc.description = "\n\n".join(textwrap.fill(paragraph, 78) for paragraph in (
+        "Estimate lambda-hat at each checkpoint of a training run (iclgd.analysis.llc.estimate_llc: SGLD localised at "
+        "the checkpoint's parameters), on one data set shared by every checkpoint: --data-size sequences of the run's "
+        f"own task drawn from {llc_run.DATA_STREAM}. Writes OUT/step_<step>.json per checkpoint, then OUT/llc.json "
+        "(the table) and OUT/llc.png (lambda-hat and the MALA acceptance against training step; the per-position LLCs). "
+        "Rerunning the same command skips the checkpoints already estimated.",
+        "Defaults for a transformer run are the developmental-landscape paper's SGLD (the authors' sweep config, "
+        f"timaeus-research/icl): step size {paper['step_size']:g}, nbeta = 2 x {paper['gradient_scale']:g} / eps = "
+        f"{paper['nbeta']:.4g} (their gradient scale eps nbeta / 2 = {paper['gradient_scale']:g}), localization "
+        f"gamma = 2 x {paper['localization_scale']:g} / eps = {paper['localization']:.4g} (their localization scale "
+        f"eps gamma / 2 = {paper['localization_scale']:g}), minibatch {paper['batch_size']}, score "
+        f"'{paper['score']}', per-position on; but {t['chains']} chains x {t['draws']} draws instead of the paper's "
+        f"{paper['chains']} x {paper['draws']}, so that a CPU run is feasible: about 8,000 gradient passes over "
+        "1024 sequences per checkpoint, 10 to 14 minutes for a 2-layer transformer of 3,717 parameters on a 2-core "
+        "CPU with jax (see iclgd.experiments.llc_run for more). The LSA families (lsa, gd, gdpp) take estimate_llc's "
+        "own defaults."))
+    llc.add_argument("--run", dest="run_dir", metavar="DIR", required=True,
+                     help="the run directory (written by `iclgd train --out DIR`): config.toml and checkpoints/step_*.npz")
+    llc.add_argument("--checkpoints", default=None, metavar="all|STEP,STEP,..",
+                     help="'all', or comma-separated steps of the run's checkpoints (default: all)")
+    llc.add_argument("--chains", type=int, default=None, help="SGLD chains per checkpoint " + default("chains"))
+    llc.add_argument("--draws", type=int, default=None, help="draws per chain that are counted " + default("draws"))
+    burnin = "ceil(2 / (step size x localization))"
+    llc.add_argument("--burnin", type=int, default=None,
+                     help=f"steps per chain run before the draws, not counted (default: {burnin}, estimate_llc's: "
+                          f"{default_burnin(t['step_size'], t['localization'])} for a transformer run, "
+                          f"{default_burnin(lsa['step_size'], lsa['localization'])} for the LSA families)")
+    llc.add_argument("--step-size", type=float, default=None, help="SGLD step size eps " + default("step_size"))
+    llc.add_argument("--nbeta", type=float, default=None,
+                     help="inverse temperature nbeta " + default("nbeta", f"{t['nbeta']:.6g} = 2 x {paper['gradient_scale']:g} / {paper['step_size']:g}",
+                             "n / log n of the data set"))
+    llc.add_argument("--localization", type=float, default=None,
+                     help="localization strength gamma " + default("localization", f"{t['localization']:.6g} = 2 x {paper['localization_scale']:g} / {paper['step_size']:g}"))
+    llc.add_argument("--batch-size", type=int, default=None,
+                     help="sequences per SGLD step, drawn with replacement; at least --data-size means the whole data set "
+                          + default("batch_size"))
+    llc.add_argument("--data-size", type=int, default=None,
+                     help=f"sequences in the LLC data set (default: {llc_run.DEFAULT_DATA_SIZE})")
+    llc.add_argument("--seed", type=int, default=None,
+                     help=f"seed of the data set's stream and of the chains' streams (default: {llc_run.DEFAULT_SEED})")
+    llc.add_argument("--score", default=None,
+                     help=f"what each draw records: {', '.join(SCORES)} (see iclgd.analysis.llc) " + default("score"))
+    llc.add_argument("--per-position", action=argparse.BooleanOptionalAction, default=None,
+                     help="also estimate the LLC of each position's loss (transformer runs only; default: on for a "
+                          "transformer run, off for the LSA families)")
+    llc.add_argument("--mala-every", type=int, default=None,
+                     help="record the MALA acceptance of every k-th draw; 0: never, which halves the draws' work "
+                          + default("mala_every"))
+    llc.add_argument("--backend", default=None,
+                     help="numpy, numba (LSA families) or jax (default: the fastest installed that computes the run's model: "
+                          "jax, else numpy, for a transformer; numba, else jax, else numpy, for the LSA families)")
+    llc.add_argument("--out", default=None,
+                     help="output folder, resumed if it holds estimates made with the same settings (default: DIR/llc)")
+    llc.add_argument("--quiet", action="store_true", help="no progress lines (the estimates' warnings are still printed)")
+    llc.set_defaults(run=_llc)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -372,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     shift = command(claims, "ood", "trained LSA layers and GD out of distribution: input scale, input law, distractors")
     _add_reproduce_options(shift, ood.OODSetting(), ood.OODSetting.quick(), "ood", [("steps", "training steps of each model")])
     shift.set_defaults(run=_reproduce_ood)
+
+    _add_llc_parser(commands, command)
 
     bench_parser = command(commands, "bench", "time every installed backend on the same work, checked against the oracle")
     bench_parser.add_argument("--out", default=bench.DEFAULT_OUT,

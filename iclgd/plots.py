@@ -221,3 +221,78 @@ def alignment_by_depth(path: Path, rows: list[dict], labels: dict, *, title: str
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     _save(plt, fig, path)
+
+
+def _step_text(value: float) -> str:
+    """A training step as a tick label: 0, 1, 10, 100, 1000, 10k, 100k, 1M."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e4:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def _training_step_axis(ax, steps, limits=None) -> None:
+    """A log x axis of training steps with plain tick labels; symmetric-log (linear on [0, 1])
+    when step 0 is shown.  ``limits``: the x range (to align several panels)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if len(steps) and min(steps) <= 0:
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+        ax.set_xlabel("training step (log scale; linear on [0, 1])")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("training step (log scale)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _step_text(value)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if limits is not None:
+        ax.set_xlim(*limits)
+
+
+def llc_curve(path: Path, rows: list[dict], *, title: str = "") -> None:
+    """The LLC of a run's checkpoints (`iclgd llc`): lambda-hat against training step with error
+    bars of one standard error over chains; the MALA acceptance of each checkpoint's SGLD steps
+    with the 0.9 line below which the step size biases the estimate; and, when recorded, the
+    per-position LLCs lambda-hat_k (one line per position k).  ``rows``: llc.json's table
+    (step, llc_mean, llc_std_error, mala_acceptance, llc_per_position; a diverged checkpoint's
+    llc_mean is None and it is marked on the step axis)."""
+    positions = [r for r in rows if r.get("llc_per_position")]
+    plt, fig, axes = _figure(3 if positions else 2, width=4.4, title=title)
+    good = [r for r in rows if r.get("llc_mean") is not None]
+    steps = [r["step"] for r in good]
+    errors = [r["llc_std_error"] if r.get("llc_std_error") is not None else 0.0 for r in good]
+    ax = axes[0]
+    ax.errorbar(steps, [r["llc_mean"] for r in good], yerr=errors, fmt="o-", ms=3, capsize=2, label="lambda-hat +- s.e.")
+    diverged = [r["step"] for r in rows if r.get("llc_mean") is None]
+    for step in diverged:
+        ax.axvline(step, color="C3", ls=":", lw=0.8)
+    if diverged:
+        ax.plot([], [], color="C3", ls=":", label="chains diverged")
+    _training_step_axis(ax, [r["step"] for r in rows])
+    ax.set_ylabel("local learning coefficient lambda-hat")
+    ax.set_title("LLC over training")
+    ax.legend(fontsize=7)
+    limits = ax.get_xlim()
+    mala = [(r["step"], r["mala_acceptance"]) for r in good if r.get("mala_acceptance") is not None]
+    ax = axes[1]
+    if mala:
+        ax.plot(*zip(*mala), "o-", ms=3, color="C2", label="mean over chains and draws")
+    ax.axhline(0.9, color="C3", ls="--", lw=0.8, label="0.9 (below: lower the step size)")
+    _training_step_axis(ax, [r["step"] for r in rows], limits)
+    ax.set_ylim(min([0.8] + [m for _, m in mala]) - 0.02, 1.01)
+    ax.set_ylabel("MALA acceptance probability")
+    ax.set_title("SGLD step check (MALA)")
+    ax.legend(fontsize=7)
+    if positions:
+        ax = axes[2]
+        values = np.array([r["llc_per_position"] for r in positions], dtype=float)
+        cmap = plt.get_cmap("viridis")
+        k_count = values.shape[1]
+        for k in range(k_count):
+            ax.plot([r["step"] for r in positions], values[:, k], "-", lw=1.2, color=cmap(k / max(1, k_count - 1)),
+                    label=f"k = {k + 1}")
+        _training_step_axis(ax, [r["step"] for r in rows], limits)
+        ax.set_ylabel("per-position lambda-hat_k")
+        ax.set_title("LLC of the loss at position k")
+        ax.legend(fontsize=6, ncol=2 if k_count > 4 else 1)
+    _save(plt, fig, path)

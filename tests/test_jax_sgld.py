@@ -254,13 +254,14 @@ def test_the_optax_transform_is_the_host_sgld_transform():
     assert host_state.count == 1
 
 
-def test_a_chunk_holds_at_most_64_mib_of_draws_and_a_power_of_two_of_steps():
+def test_a_chunk_holds_at_most_64_mib_of_draws_and_a_power_of_two_of_at_most_256_steps():
     def settings_(chains_, steps, batch):
         return SGLDSettings(1e-3, 10.0, 1.0, chains_, steps, 0, batch, 0)
 
     assert jax_sgld.chunk_length(settings_(2, 120, 16), 30, 8) == 128
     assert jax_sgld.chunk_length(settings_(2, 128, 16), 30, 8) == 128
     assert jax_sgld.chunk_length(settings_(2, 129, None), 30, 8) == 256
+    assert jax_sgld.chunk_length(settings_(2, 5000, None), 30, 8) == 256  # an interrupt waits at most 256 steps
     for n_params in (10**5, 10**6, 10**7, 10**8):
         s = settings_(4, 10**5, 1024)
         length = jax_sgld.chunk_length(s, n_params, 8)

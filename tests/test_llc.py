@@ -366,3 +366,13 @@ def test_calibrate_sweeps_the_grid_and_its_acceptance_falls_with_the_step_size()
     chosen = calibration.recommended[100.0]
     assert chosen is not None and chosen < 1.0 and "recommended" in calibration.table()
     assert any("step_size" in line for line in lines) and calibration.table() in lines
+
+
+def test_the_summary_of_one_chain_is_strict_json_with_null_for_the_undefined_standard_error():
+    import json
+
+    cfg, params, batch = _tiny_transformer()
+    result = estimate_llc("numpy", cfg, params, batch, step_size=1e-4, nbeta=20.0, localization=10.0, num_chains=1,
+                          num_draws=4, num_burnin_steps=1, batch_size=8, per_position=True)
+    summary = json.loads(json.dumps(result.summary(), allow_nan=False))
+    assert summary["llc_std_error"] is None and summary["per_position"]["llc_std_error"] == [None] * cfg.n_examples

@@ -102,16 +102,16 @@ class LLCResult:
     mala_trace: np.ndarray = field(repr=False, default=None)
 
     def summary(self) -> dict:
-        """The numbers without the traces, JSON-ready."""
+        """The numbers without the traces, JSON-ready (strict JSON: NaN, e.g. the standard error of one chain, becomes None)."""
         out = {
             "llc_mean": self.llc_mean, "llc_std_error": self.llc_std_error,
             "llc_per_chain": self.llc_per_chain.tolist(), "init_loss": self.init_loss,
             "settings": {k: getattr(self.settings, k) for k in self.settings.__dataclass_fields__},
-            "diagnostics": _jsonable(self.diagnostics),
+            "diagnostics": self.diagnostics,
         }
         if self.per_position is not None:
-            out["per_position"] = _jsonable(self.per_position)
-        return out
+            out["per_position"] = self.per_position
+        return _jsonable(out)
 
 
 def _jsonable(value):
@@ -120,9 +120,11 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _jsonable(value.tolist())
     if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN (e.g. the standard error of one chain)
     return value
 
 
@@ -181,7 +183,10 @@ def summarise(records: ChainRecords, settings: SGLDSettings, init_loss: float,
     mala_chain = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in mala])
     distance = records.distance[:, burn:]
     warnings = []
-    if settling > burn:
+    if settling >= s.num_steps:
+        warnings.append(f"the chains never settled: their mean trace does not stay within {tolerance:.3g} of the "
+                        f"estimate up to the last step (burn-in {burn}, {s.num_draws} draws): run more burn-in steps and draws")
+    elif settling > burn:
         warnings.append(f"the chains were still settling after burn-in (their mean trace stays within {tolerance:.3g} of "
                         f"the estimate only from step {settling}; burn-in was {burn}): run more burn-in steps")
     if not flat:

@@ -30,8 +30,9 @@ loop.  The draws of a chunk are stacked into indices (C, L, batch) int32 and noi
 and the minibatch's rows are gathered inside the program (tokens[indices]).
 
 Memory and chunks: a chunk holds at most ``MAX_CHUNK_BYTES`` (64 MiB) of draws.  L is the
-smallest power of two >= num_steps, or the largest power of two whose draws fit in 64 MiB
-(C (P itemsize + 4 batch) bytes a step), whichever is less (``chunk_length``); the last chunk's
+smallest power of two >= num_steps, the largest power of two whose draws fit in 64 MiB
+(C (P itemsize + 4 batch) bytes a step), or 256 steps (so that Ctrl-C, which takes effect
+between compiled calls, never waits long), whichever is least (``chunk_length``); the last chunk's
 steps past num_steps are padding that the program skips.  Powers of two let estimates with
 different step counts (a calibration sweep changes the default burn-in) share a compiled
 program.  While chunk k runs, chunk k + 1 is drawn on the host, so at most two chunks of draws
@@ -79,6 +80,9 @@ from iclgd.streams import sgld_rng
 
 #: the most bytes of draws (noise and minibatch indices) one chunk of steps holds on the host
 MAX_CHUNK_BYTES = 64 * 2**20
+#: the most steps one compiled call runs: Ctrl-C (or SIGTERM) takes effect between calls, so this
+#: bounds how long an interrupt waits (a few seconds for the paper's model on a CPU)
+MAX_CHUNK_STEPS = 256
 
 
 # --- SGLD as an optax transform ------------------------------------------------------------------------
@@ -340,14 +344,14 @@ def _run_chunk(plan: _Plan, consts, carry, rows, noise, flags):
 
 
 def chunk_length(settings: SGLDSettings, n_params: int, itemsize: int, max_bytes: int = MAX_CHUNK_BYTES) -> int:
-    """The steps per chunk: the smallest power of two that holds all num_steps steps, or the
+    """The steps per chunk: the smallest power of two that holds all num_steps steps, the
     largest whose draws fit in max_bytes (C chains x (P noise entries of ``itemsize`` bytes +
-    batch int32 indices) per step), whichever is less.  Powers of two let estimates whose step
+    batch int32 indices) per step), or MAX_CHUNK_STEPS (an interrupt's longest wait), whichever is least.  Powers of two let estimates whose step
     counts differ (a calibration sweep changes the burn-in) share one compiled program; the last
     chunk's padding steps are skipped inside it."""
     per_step = settings.num_chains * (n_params * itemsize + 4 * (settings.batch_size or 0))
     longest = max(1, max_bytes // per_step)
-    return min(1 << (settings.num_steps - 1).bit_length(), 1 << (longest.bit_length() - 1))
+    return min(1 << (settings.num_steps - 1).bit_length(), 1 << (longest.bit_length() - 1), MAX_CHUNK_STEPS)
 
 
 def _draw_chunk(rngs, settings: SGLDSettings, n_samples: int, n_params: int, dtype, start: int, length: int):
