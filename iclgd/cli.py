@@ -203,10 +203,12 @@ def _add_llc_parser(commands, command) -> None:
         f"{paper['nbeta']:.4g} (their gradient scale eps nbeta / 2 = {paper['gradient_scale']:g}), localization "
         f"gamma = 2 x {paper['localization_scale']:g} / eps = {paper['localization']:.4g} (their localization scale "
         f"eps gamma / 2 = {paper['localization_scale']:g}), minibatch {paper['batch_size']}, score "
-        f"'{paper['score']}', per-position on; but {t['chains']} chains x {t['draws']} draws instead of the paper's "
-        f"{paper['chains']} x {paper['draws']}, so that a CPU run is feasible: about 8,000 gradient passes over "
-        "1024 sequences per checkpoint, 10 to 14 minutes for a 2-layer transformer of 3,717 parameters on a 2-core "
-        "CPU with jax (see iclgd.experiments.llc_run for more). The LSA families (lsa, gd, gdpp) take estimate_llc's "
+        f"'{paper['score']}', per-position on; but {t['chains']} chains x {t['draws']} draws after {default_burnin(t['step_size'], t['localization'])} burn-in "
+        f"steps instead of the paper's {paper['chains']} x {paper['draws']} without burn-in, minibatch {t['batch_size']} instead of "
+        f"{paper['batch_size']} and the MALA acceptance of every {t['mala_every']}th draw, so that a checkpoint of the paper's model "
+        "takes about a minute on a 2-core "
+        "CPU with jax (see iclgd.experiments.llc_run for the measurements). The paper's protocol: --chains 10 --draws 5000 "
+        "--burnin 0 --batch-size 1024 --mala-every 1. The LSA families (lsa, gd, gdpp) take estimate_llc's "
         "own defaults."))
     llc.add_argument("--run", dest="run_dir", metavar="DIR", required=True,
                      help="the run directory (written by `iclgd train --out DIR`): config.toml and checkpoints/step_*.npz")

@@ -258,7 +258,7 @@ def test_the_transformer_defaults_are_the_papers_sgld_with_fewer_draws():
     assert settings.step_size == 3e-4
     assert settings.step_size * settings.nbeta / 2 == pytest.approx(0.01)  # the authors' gradient scale
     assert settings.step_size * settings.localization / 2 == pytest.approx(0.001)  # their localization scale
-    assert (settings.batch_size, settings.score, settings.per_position) == (1024, "minibatch", True)
+    assert (settings.batch_size, settings.score, settings.per_position, settings.mala_every) == (64, "minibatch", True, 10)
     assert (settings.chains, settings.draws, settings.burnin, settings.data_size) == (4, 500, 1000, 8192)
 
 

@@ -65,6 +65,12 @@ def test_out_of_distribution_walkthrough_quick(tmp_path):
     assert set(results["step1_laws"]["moments"]) == {"uniform", "gaussian", "exponential", "laplace"}
 
 
+def test_learning_coefficient_walkthrough_quick(tmp_path):
+    _, results = run_quick("04_learning_coefficient", tmp_path)
+    assert [row["k"] for row in results["step1_power"]["rows"]] == [1, 2, 3]
+    assert set(results["step5_lsa"]["points"]) == {"GD construction", "trained layer"}
+
+
 @pytest.fixture
 def walkthrough(monkeypatch):
     """Import reference/NAME.py as a module (its folder on the path, for ``walkthrough``)."""
@@ -83,7 +89,7 @@ def test_no_walkthrough_is_longer_than_400_lines():
     # the rule that keeps them readable: theory a walkthrough derives in code moves into the library (iclgd.theory,
     # iclgd.scoring), settings come from iclgd.experiments, shared printing from reference/walkthrough.py
     lengths = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in sorted(REFERENCE.glob("0*.py"))}
-    assert set(lengths) >= {"01_one_step_gd.py", "02_multi_layer.py", "03_out_of_distribution.py"}
+    assert set(lengths) >= {"01_one_step_gd.py", "02_multi_layer.py", "03_out_of_distribution.py", "04_learning_coefficient.py"}
     assert all(length <= 400 for length in lengths.values()), lengths
 
 

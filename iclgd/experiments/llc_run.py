@@ -19,13 +19,16 @@ the authors' sweep config (timaeus-research/icl), which states them as scales
     step_size    eps   = 3e-4                                    (paper: 3e-4)
     nbeta              = 2 * 0.01 / 3e-4  = 66.67                (paper: the same)
     localization gamma = 2 * 0.001 / 3e-4 = 6.667                (paper: the same)
-    batch_size         = 1024 sequences per SGLD step            (paper: 1024)
+    batch_size         = 64 sequences per SGLD step              (paper: 1024; on the paper's model after 3000
+                                                                  steps, 2 chains at 1024 gave 166.3 +- 0.8, 4 at
+                                                                  64 gave 172.6 +- 2.8, per position alike, for
+                                                                  1/16 of the work)
     score              = "minibatch" (the loss of the step's own minibatch, as devinterp records it)
     chains x draws     = 4 x 500                                 (paper: 10 x 5000; fewer, so that a
                                                                   CPU run is feasible)
     burnin             = estimate_llc's default ceil(2 / (eps gamma)) = 1000 steps
     per_position       = on (lambda-hat_k of each of the K positions' losses, from the same chains)
-    mala_every         = 1 (the MALA acceptance of every draw; 0: none, which halves the work of the draws)
+    mala_every         = 10 (the MALA acceptance of every 10th draw; 1: every draw, which doubles the draws' work)
 
 nbeta and gamma are these numbers whatever --step-size is (they set the tempered posterior; the
 step size only how finely SGLD samples it).
@@ -36,13 +39,12 @@ burn-in ceil(2 / (eps gamma)) = 200, batch 1024, score "minibatch", no per-posit
 LSA predicts one query).  A learned-rate GD model's LLC is that of its rates (eta, and gamma for
 GD++), its loss computed through its LSA form (``ThroughLSAObjective``).
 
-Cost: the transformer defaults take (1000 burn-in + 500 draws) x 4 chains SGLD steps and 500 x 4
-MALA checks, about 8,000 gradient passes over 1024 sequences per checkpoint.  Measured on a
-shared 2-core CPU with the jax backend (whose compiled chains, ``sgld_chains``, the estimator
-uses): 10 to 14 minutes per checkpoint for a 2-layer transformer of 3,717 parameters
-(d_model = 16).  One gradient of the paper's 51,717-parameter model at batch 1024 takes ~0.2 s
-there on jax and ~1.5 s on the numpy oracle: about half an hour, or three hours, per checkpoint.
-For many checkpoints on a CPU, lower --chains / --draws, or --mala-every 10.
+Cost: the transformer defaults take (1000 burn-in + 500 draws) x 4 chains SGLD steps on minibatches
+of 64 sequences and 50 x 4 MALA checks: 70.9 s per checkpoint of the paper's 51,717-parameter
+model on jax, 616.8 s on the numpy oracle, on a shared 2-core CPU (benchmarks/llc.py,
+benchmarks/results/llc.md).  The paper's protocol (--chains 10 --draws 5000 --burnin 0
+--batch-size 1024 --mala-every 1) is for a GPU: one gradient of the paper's model at batch 1024
+takes ~0.2 s on this CPU with jax.
 
 Files, in the output folder (default ``RUN/llc/``), each written atomically:
 
@@ -105,10 +107,11 @@ PAPER = {"step_size": 3e-4, "gradient_scale": 0.01, "localization_scale": 0.001,
 PAPER["nbeta"] = 2 * PAPER["gradient_scale"] / PAPER["step_size"]  # eps nbeta / 2 = 0.01
 PAPER["localization"] = 2 * PAPER["localization_scale"] / PAPER["step_size"]  # eps gamma / 2 = 0.001
 
-#: The defaults for a transformer run: the paper's SGLD with fewer chains and draws (a CPU run is feasible).
+#: The defaults for a transformer run: the paper's SGLD posterior (eps, nbeta, gamma) sampled with fewer chains
+#: and draws, minibatch 64 and MALA on every 10th draw, so that a checkpoint takes about a minute on a CPU.
 TRANSFORMER_DEFAULTS = {"step_size": PAPER["step_size"], "nbeta": PAPER["nbeta"], "localization": PAPER["localization"],
-                        "chains": 4, "draws": 500, "burnin": None, "batch_size": PAPER["batch_size"],
-                        "score": PAPER["score"], "per_position": True, "mala_every": 1}
+                        "chains": 4, "draws": 500, "burnin": None, "batch_size": 64,
+                        "score": PAPER["score"], "per_position": True, "mala_every": 10}
 
 
 def _estimator_defaults() -> dict:
