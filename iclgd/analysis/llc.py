@@ -145,16 +145,28 @@ def _drift(trace: np.ndarray) -> np.ndarray:
     return (half - half.mean(axis=1, keepdims=True)) @ x / (x @ x) * m
 
 
-def _settling_step(full_trace: np.ndarray, target: float, tolerance: float) -> int:
-    """The first step from which the chains' mean trace, smoothed by a running mean over
-    max(1, S // 20) steps, stays within ``tolerance`` of ``target`` (S if never)."""
-    mean = full_trace.mean(axis=0)
-    window = max(1, mean.size // 20)
-    smooth = np.convolve(mean, np.ones(window) / window, mode="valid")  # smooth[i] = mean of steps i .. i + window - 1
+def _settling_step(full_trace: np.ndarray, target: float, relative: float, num_draws: int) -> tuple[int, float]:
+    """(the first step from which the chains' mean trace, smoothed by a running mean over
+    window = max(1, S // 20) steps, stays within the tolerance of ``target`` (S if never), the
+    tolerance).  The tolerance is max(relative |target|, 3 noise), noise = the standard error
+    over chains of a window's mean, measured on the last half of the draws (where the chains
+    are taken to be stationary; the drift diagnostic checks that): a window of draws is
+    noisier than the mean of all of them, by up to sqrt(num_draws / window) when draws are
+    independent and less when they are correlated, so it is measured rather than assumed."""
+    n_chains, n_steps = full_trace.shape
+    window = max(1, n_steps // 20)
+    kernel = np.ones(window) / window
+    per_chain = np.array([np.convolve(row, kernel, mode="valid") for row in full_trace])  # (C, S - window + 1)
+    smooth = per_chain.mean(axis=0)
+    noise = 0.0
+    tail = per_chain[:, n_steps - num_draws // 2:]  # windows starting in the last half of the draws
+    if n_chains > 1 and tail.shape[1] > 0:
+        noise = float(np.mean(tail.std(axis=0, ddof=1))) / math.sqrt(n_chains)
+    tolerance = max(relative * abs(target), 3 * noise, 1e-12)
     outside = np.nonzero(np.abs(smooth - target) > tolerance)[0]
     if outside.size == 0:
-        return 0
-    return int(min(mean.size, outside[-1] + window))
+        return 0, tolerance
+    return int(min(n_steps, outside[-1] + window)), tolerance
 
 
 def summarise(records: ChainRecords, settings: SGLDSettings, init_loss: float,
@@ -175,8 +187,7 @@ def summarise(records: ChainRecords, settings: SGLDSettings, init_loss: float,
     drift = _drift(llc_trace)
     drift_mean, drift_se = _chain_stats(drift[:, None])
     drift_mean, drift_se = float(drift_mean[0]), float(drift_se[0])
-    tolerance = max(0.05 * abs(llc_mean), 2 * llc_se if math.isfinite(llc_se) else 0.0, 1e-12)
-    settling = _settling_step(full_llc, llc_mean, tolerance)
+    settling, tolerance = _settling_step(full_llc, llc_mean, 0.05, s.num_draws)
     flat = abs(drift_mean) <= max(2 * drift_se if math.isfinite(drift_se) else 0.0, 0.05 * abs(llc_mean))
     mala = records.mala[:, burn:]
     has_mala = np.isfinite(mala).any()
