@@ -24,7 +24,7 @@ from iclgd.analysis.llc import estimate_llc, estimate_llc_of  # noqa: E402
 from iclgd.analysis.objective import BackendObjective  # noqa: E402
 from iclgd.backends import jax_sgld  # noqa: E402
 from iclgd.models import TransformerConfig  # noqa: E402
-from iclgd.sgld import SCORES, LLCDiverged, SGLDSettings, run_host_chains  # noqa: E402
+from iclgd.sgld import LLCDiverged, SGLDSettings, run_host_chains  # noqa: E402
 from iclgd.tasks.noisy import NoisyRegressionTask  # noqa: E402
 
 numpy_backend = iclgd.get_backend("numpy")

@@ -111,20 +111,22 @@ class LLCResult:
         }
         if self.per_position is not None:
             out["per_position"] = self.per_position
-        return _jsonable(out)
+        return json_ready(out)
 
 
-def _jsonable(value):
+def json_ready(value):
+    """``value`` with NumPy arrays and scalars as Python lists and numbers, and non-finite floats as
+    None (strict JSON has no NaN: e.g. the standard error of one chain)."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return json_ready(value.tolist())
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN (e.g. the standard error of one chain)
+        return None
     return value
 
 

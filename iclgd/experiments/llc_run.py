@@ -75,7 +75,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ import numpy as np
 
 from iclgd import gd_models, plots, runio
 from iclgd._checks import finite_float, nonnegative_int, positive_int
-from iclgd.analysis.llc import LLCDiverged, estimate_llc, estimate_llc_of
+from iclgd.analysis.llc import LLCDiverged, estimate_llc, estimate_llc_of, json_ready
 from iclgd.analysis.objective import BackendObjective
 from iclgd.models import TransformerConfig
 from iclgd.sgld import SCORES, default_burnin, default_nbeta, make_settings
@@ -359,25 +358,10 @@ def list_results(out_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _json_ready(value):
-    """``value`` with non-finite floats as None (strict JSON) and NumPy scalars as Python's."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def identity(run: RunInfo, settings: LLCSettings) -> dict:
     """What a result file must share with a rerun that skips it: the run, the data and every
     SGLD setting (the backend and the checkpoint selection are not part of it)."""
-    return _json_ready({"run_fingerprint": run.fingerprint(), "data_stream": DATA_STREAM, **settings.as_dict()})
+    return json_ready({"run_fingerprint": run.fingerprint(), "data_stream": DATA_STREAM, **settings.as_dict()})
 
 
 def _flag(name: str) -> str:
@@ -539,7 +523,7 @@ def _estimate_checkpoint(run_info: RunInfo, step: int, engine, backend_name: str
               "data": description, "run": {"path": str(run_info.path), "family": run_info.family,
                                            "fingerprint": wanted["run_fingerprint"]},
               "checkpoint": str(run_info.checkpoints[step]), "wall_time_s": time.perf_counter() - start}
-    return _json_ready(record)
+    return json_ready(record)
 
 
 def _summary(run_info: RunInfo, settings: LLCSettings, wanted: dict, description: dict, records: dict, backend_name: str) -> dict:
@@ -548,7 +532,7 @@ def _summary(run_info: RunInfo, settings: LLCSettings, wanted: dict, description
     table = [table_row(records[step]) for step in sorted(records)]
     defaults = "transformer: the developmental-landscape paper's SGLD (fewer chains and draws)" \
         if isinstance(run_info.config.model, TransformerConfig) else "estimate_llc's defaults"
-    return _json_ready({"run": str(run_info.path), "family": run_info.family, "llc_settings": wanted,
+    return json_ready({"run": str(run_info.path), "family": run_info.family, "llc_settings": wanted,
                         "defaults": defaults, "paper": PAPER, "data": description, "table": table,
                         "figure": None, "provenance": provenance(backend_name)})
 
