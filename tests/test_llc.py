@@ -302,6 +302,24 @@ def test_numba_chains_equal_numpy_chains_in_float64():
     np.testing.assert_allclose(compiled.diagnostics["mala_acceptance"], host.diagnostics["mala_acceptance"], rtol=1e-9)
 
 
+def test_a_numba_estimate_does_not_depend_on_the_thread_count():
+    pytest.importorskip("numba")
+    from iclgd.backends import numba_backend
+
+    cfg, params, batch = _lsa_problem(layers=2)
+    run = lambda: estimate_llc("numba", cfg, params, batch, step_size=1e-4, num_chains=2, num_draws=20,
+                               num_burnin_steps=5, batch_size=16, seed=5)
+    before = numba_backend.numba.get_num_threads()
+    try:
+        numba_backend.set_threads(1)
+        one = run()
+    finally:
+        numba_backend.set_threads(before)
+    many = run()
+    np.testing.assert_array_equal(one.loss_trace, many.loss_trace)
+    assert one.llc_mean == many.llc_mean
+
+
 def test_the_per_position_estimates_average_to_the_whole_estimate():
     """loss = mean_k L_k, so with the minibatch score mean_k lambda-hat_k = lambda-hat exactly."""
     cfg, params, batch = _tiny_transformer()
