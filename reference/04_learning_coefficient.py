@@ -55,6 +55,7 @@ class Settings:
     chains: int  # chains of every toy-model estimate
     draws: int  # draws of the one-parameter and linear-regression estimates
     crossing_draws: int  # the normal crossing and reduced-rank regression mix slowly along their flat valleys
+    crossing_burnin: int
     lsa_steps: int  # training steps of the LSA layer
     lsa_chains: int
     lsa_draws: int
@@ -66,9 +67,9 @@ class Settings:
         return asdict(self)
 
 
-FULL = Settings(chains=16, draws=8_000, crossing_draws=40_000, lsa_steps=5000, lsa_chains=4, lsa_draws=2000,
+FULL = Settings(chains=16, draws=8_000, crossing_draws=40_000, crossing_burnin=4000, lsa_steps=5000, lsa_chains=4, lsa_draws=2000,
                 lsa_burnin=4000, lsa_data=8192, sweep_draws=200)
-QUICK = Settings(chains=16, draws=2_000, crossing_draws=8_000, lsa_steps=300, lsa_chains=2, lsa_draws=200,
+QUICK = Settings(chains=12, draws=1_500, crossing_draws=4_000, crossing_burnin=2000, lsa_steps=300, lsa_chains=2, lsa_draws=200,
                  lsa_burnin=400, lsa_data=2048, sweep_draws=100)
 
 
@@ -145,7 +146,7 @@ def step3_degenerate(t, checks, s: Settings) -> dict:
     nbeta, gamma, step = crossing.n_samples / math.log(crossing.n_samples), 1.0, 1e-3
     quadrature = tempered_llc(crossing, nbeta, gamma, 7.0, 801)
     corrected = tempered_llc(crossing, nbeta, gamma, 7.0, 801, step_size=step)
-    result = toy(crossing, s, step_size=step, localization=gamma, draws=s.crossing_draws, seed=11, burnin=6000)
+    result = toy(crossing, s, step_size=step, localization=gamma, draws=s.crossing_draws, seed=11, burnin=s.crossing_burnin)
     t.prose(f"""L(w) = (1/2) w1^2 w2^2 (y = x w1 w2 + noise): its zero set is the two axes, crossing at w* = 0, and lambda
         = 1/2 with multiplicity 2 (two parameters, yet the count of a single one). At finite nbeta the target sits below
         lambda, approaching it only like 1/log nbeta: at nbeta = {nbeta:.1f}, gamma = {gamma:g} the quadrature gives
@@ -158,7 +159,7 @@ def step3_degenerate(t, checks, s: Settings) -> dict:
     rrr_rows = []
     for shape in ((2, 3, 2, 0), (2, 3, 2, 1), (2, 3, 2, 2)):
         model = ReducedRankRegression(*shape)
-        estimate = toy(model, s, step_size=5e-4, localization=1.0, draws=s.crossing_draws, seed=70 + shape[3], burnin=4000)
+        estimate = toy(model, s, step_size=5e-4, localization=1.0, draws=s.crossing_draws, seed=70 + shape[3], burnin=s.crossing_burnin)
         rrr_rows.append({"shape": shape, "lambda": model.learning_coefficient, "llc": estimate.llc_mean, "se": estimate.llc_std_error,
                          "mala": estimate.diagnostics["mala_acceptance"]})
     t.prose("""Reduced-rank regression y = B A x (A: 2 x 2, B: 3 x 2, 10 parameters) at a true map of rank r, with the
