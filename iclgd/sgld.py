@@ -55,8 +55,9 @@ def default_nbeta(n_samples: int) -> float:
 
 
 def default_burnin(step_size: float, localization: float) -> int:
-    """ceil(2 / (eps gamma)): about two relaxation times of the localization term (whose pull
-    shrinks w - w* by a factor (1 - eps gamma / 2) per step), 0 without localization."""
+    """ceil(2 / (eps gamma)): the localization term shrinks w - w* by (1 - eps gamma / 2) a step,
+    so this is one relaxation time of w - w* and two of its variance (a flat direction then
+    holds about 86 % of its stationary spread); 0 without localization."""
     return int(math.ceil(2.0 / (step_size * localization))) if localization > 0 else 0
 
 
@@ -111,6 +112,8 @@ def restriction_mask(params: dict, restrict) -> dict[str, np.ndarray] | None:
             m = np.asarray(restrict.get(name, np.zeros(p.shape, dtype=bool)))
             if m.shape != p.shape:
                 raise ValueError(f"restrict[{name!r}] must have the parameter's shape {p.shape}; got {m.shape}")
+            if not np.all((m == 0) | (m == 1)):  # a fraction would scale the drift by m but the noise by m^2
+                raise ValueError(f"restrict[{name!r}] must hold booleans (or 0 and 1); got other values")
             mask[name] = m.astype(p.dtype)
     elif isinstance(restrict, (list, tuple)) and all(isinstance(r, str) for r in restrict):
         mask = {name: np.full(p.shape, float(any(fnmatch.fnmatchcase(name, r) for r in restrict)), dtype=p.dtype)
@@ -142,8 +145,11 @@ def mala_acceptance(w: dict, w_new: dict, loss: float, grads: dict, loss_new: fl
         for name in w:
             m = 1.0 if mask is None else mask[name]
             a, b = np.asarray(w[name], np.float64), np.asarray(w_new[name], np.float64)
-            drift_a = m * (nbeta * grads[name] + localization * (a - center[name]))
-            drift_b = m * (nbeta * grads_new[name] + localization * (b - center[name]))
+            g_a, g_b = np.asarray(grads[name], np.float64), np.asarray(grads_new[name], np.float64)
+            if mask is not None:  # a fixed entry never enters, even where its gradient is not finite
+                g_a, g_b = np.where(m != 0, g_a, 0.0), np.where(m != 0, g_b, 0.0)
+            drift_a = m * (nbeta * g_a + localization * (a - center[name]))
+            drift_b = m * (nbeta * g_b + localization * (b - center[name]))
             energy += 0.5 * localization * float(np.sum(m * ((a - center[name]) ** 2 - (b - center[name]) ** 2)))
             log_q_forward -= float(np.sum(m * (b - a + 0.5 * eps * drift_a) ** 2)) / (2 * eps)
             log_q_backward -= float(np.sum(m * (a - b + 0.5 * eps * drift_b) ** 2)) / (2 * eps)

@@ -23,8 +23,8 @@ set.  Each draw t records a *score*:
     "full"       L(w_t) on the whole data set (a pass over all n rows per draw)
 
 and the estimate is nbeta (mean over draws and chains of the score - L(w*)), after
-``num_burnin_steps`` steps that are run but not counted (default: about two localization
-times, ceil(2 / (eps gamma)), the time the chain's distance from w* needs to settle).
+``num_burnin_steps`` steps that are run but not counted (default ceil(2 / (eps gamma)): one
+relaxation time of w - w* under the localization, two of its variance).
 
 Per-position LLC (``per_position=True``, the transformer): the same chain records the K
 per-position losses and lambda-hat_k = nbeta (E[L_k] - L_k(w*)).  Restricted LLC
@@ -63,6 +63,7 @@ from iclgd.sgld import (  # noqa: F401 (re-exported: the estimator's vocabulary)
     restriction_mask,
     run_host_chains,
 )
+from iclgd.sgld import _advice, _where
 
 # --- the result -------------------------------------------------------------------------------------------
 
@@ -83,8 +84,8 @@ class LLCResult:
                          per chain, and at the last draw), drift (each chain's change of llc_trace over its
                          last half, by a least-squares line; its mean and standard error), settling_step
                          (first step, counting burn-in, from which the chains' mean trace stays near
-                         llc_mean), settled_in_burnin, flat (the drift is within max(2 s.e., 5 % of
-                         |llc_mean|)), warnings (sentences)
+                         llc_mean), settled_in_burnin, flat (the drift is within max(the 95 % t-interval over
+                         chains, 5 % of |llc_mean|)), warnings (sentences)
     settings             the SGLDSettings used
     """
 
@@ -147,34 +148,56 @@ def _drift(trace: np.ndarray) -> np.ndarray:
     return (half - half.mean(axis=1, keepdims=True)) @ x / (x @ x) * m
 
 
+#: two-sided 95 % quantiles of Student's t with 1..10 degrees of freedom (beyond: 1.96 + 2.4 / df, within 0.01)
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def _t95(degrees_of_freedom: int) -> float:
+    return _T95[degrees_of_freedom - 1] if degrees_of_freedom <= len(_T95) else 1.96 + 2.4 / degrees_of_freedom
+
+
 def _settling_step(full_trace: np.ndarray, target: float, relative: float, num_draws: int) -> tuple[int, float]:
-    """(the first step from which the chains' mean trace, smoothed by a running mean over
-    window = max(1, S // 20) steps, stays within the tolerance of ``target`` (S if never), the
-    tolerance).  The tolerance is max(relative |target|, 3 noise), noise = the standard error
-    over chains of a window's mean, measured on the last half of the draws (where the chains
-    are taken to be stationary; the drift diagnostic checks that): a window of draws is
-    noisier than the mean of all of them, by up to sqrt(num_draws / window) when draws are
-    independent and less when they are correlated, so it is measured rather than assumed."""
+    """(the step from which the chains' mean trace stays within the tolerance of ``target``, in
+    20 non-overlapping windows of max(1, S // 20) steps: the end of the last window whose mean
+    over chains is outside (0 if none, S if the last one is), the tolerance).
+
+    tolerance = max(relative |target|, 3 noise): noise is the standard error of one window's
+    mean over chains, measured from the spread of the (chain, window) means in the last half of
+    the draws (taken as stationary; the drift diagnostic checks that), pooled over chains and
+    windows so that it is measured with one chain too.  3 is about the two-sided 5 % point for
+    20 windows tested at once (Bonferroni: z at 0.05 / 20 = 3.02)."""
     n_chains, n_steps = full_trace.shape
     window = max(1, n_steps // 20)
-    kernel = np.ones(window) / window
-    per_chain = np.array([np.convolve(row, kernel, mode="valid") for row in full_trace])  # (C, S - window + 1)
-    smooth = per_chain.mean(axis=0)
-    noise = 0.0
-    tail = per_chain[:, n_steps - num_draws // 2:]  # windows starting in the last half of the draws
-    if n_chains > 1 and tail.shape[1] > 0:
-        noise = float(np.mean(tail.std(axis=0, ddof=1))) / math.sqrt(n_chains)
+    n_windows = n_steps // window
+    means = full_trace[:, :n_windows * window].reshape(n_chains, n_windows, window).mean(axis=2)  # (C, W)
+    first_tail = max(0, (n_steps - num_draws // 2) // window)
+    tail = means[:, first_tail:].ravel()
+    noise = float(tail.std(ddof=1)) / math.sqrt(n_chains) if tail.size > 1 else 0.0
     tolerance = max(relative * abs(target), 3 * noise, 1e-12)
-    outside = np.nonzero(np.abs(smooth - target) > tolerance)[0]
+    outside = np.nonzero(np.abs(means.mean(axis=0) - target) > tolerance)[0]
     if outside.size == 0:
         return 0, tolerance
-    return int(min(n_steps, outside[-1] + window)), tolerance
+    return int(min(n_steps, (outside[-1] + 1) * window)), tolerance
+
+
+def _first_non_finite(records: ChainRecords, settings: SGLDSettings) -> str | None:
+    """Where a score (or a per-position score) is first non-finite, as "chain c, draw t", or None."""
+    bad = ~np.isfinite(records.score)
+    if records.per_position is not None:
+        bad |= ~np.isfinite(records.per_position).all(axis=2)
+    if not bad.any():
+        return None
+    steps, chains = np.nonzero(bad.T)  # step-major: the first step, then the first chain at it
+    return _where(int(chains[0]), int(steps[0]), settings)
 
 
 def summarise(records: ChainRecords, settings: SGLDSettings, init_loss: float,
               init_per_position: np.ndarray | None) -> LLCResult:
     """The estimate, its traces and diagnostics from the chains' records."""
     s, burn = settings, settings.num_burnin_steps
+    where = _first_non_finite(records, s)
+    if where is not None:
+        raise LLCDiverged(f"{where}: the score ({s.score}) became non-finite; " + _advice(s))
     full_llc = s.nbeta * (records.score - init_loss)
     llc_trace = full_llc[:, burn:]
     per_chain = llc_trace.mean(axis=1)
@@ -190,7 +213,9 @@ def summarise(records: ChainRecords, settings: SGLDSettings, init_loss: float,
     drift_mean, drift_se = _chain_stats(drift[:, None])
     drift_mean, drift_se = float(drift_mean[0]), float(drift_se[0])
     settling, tolerance = _settling_step(full_llc, llc_mean, 0.05, s.num_draws)
-    flat = abs(drift_mean) <= max(2 * drift_se if math.isfinite(drift_se) else 0.0, 0.05 * abs(llc_mean))
+    # flat: the mean drift is within the 95 % t-interval over chains (C - 1 degrees of freedom), or within 5 % of the estimate
+    spread = _t95(s.num_chains - 1) * drift_se if math.isfinite(drift_se) else 0.0
+    flat = abs(drift_mean) <= max(spread, 0.05 * abs(llc_mean))
     mala = records.mala[:, burn:]
     has_mala = np.isfinite(mala).any()
     mala_chain = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in mala])
@@ -266,6 +291,8 @@ def estimate_llc_of(objective, params: dict, *, step_size: float = 1e-4, nbeta: 
     if per_position and getattr(objective, "n_positions", None) is None:
         raise ValueError("per_position needs a model with a loss at every position (iclgd.TransformerConfig); "
                          "this one predicts a single query")
+    if hasattr(objective, "check_params"):  # a model's objective: the parameters in its layout and dtype
+        params = objective.check_params(params)
     center = {name: np.asarray(p) for name, p in params.items()}
     mask = restriction_mask(center, restrict)
     if per_position:

@@ -177,7 +177,8 @@ class Backend(ABC):
         )
 
     def _per_position_loss_and_grad(self, cfg, params: dict, tokens: np.ndarray, targets: np.ndarray):
-        return self._per_position_loss(cfg, params, tokens, targets)  # raises for families without positions
+        self._per_position_loss(cfg, params, tokens, targets)  # raises, naming the family, where there are no positions
+        raise NotImplementedError(f"{type(self).__name__} computes per-position losses but not their gradient")
 
     def _sample_loss_and_grad(self, cfg, task, params: dict, batch_size: int, rng: np.random.Generator):
         """(loss, grads) on ``task.sample(batch_size, rng)``; params are checked already, the batch

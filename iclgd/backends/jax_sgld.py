@@ -232,14 +232,15 @@ def _mala(plan: _Plan, consts, w, w_new, loss, grads, loss_new, grads_new):
     for name in plan.names:
         m = _f64(consts["mask"][name])
         a, b, c = _f64(w[name]), _f64(w_new[name]), _f64(consts["center"][name])
-        drift_a = m * (nbeta * _f64(grads[name]) + gamma * (a - c))
-        drift_b = m * (nbeta * _f64(grads_new[name]) + gamma * (b - c))
+        moves = m != 0  # a fixed entry never enters, even where its gradient is not finite
+        drift_a = jnp.where(moves, m * (nbeta * _f64(grads[name]) + gamma * (a - c)), 0.0)
+        drift_b = jnp.where(moves, m * (nbeta * _f64(grads_new[name]) + gamma * (b - c)), 0.0)
         energy = energy + 0.5 * gamma * jnp.sum(m * ((a - c) ** 2 - (b - c) ** 2))
         log_q_forward = log_q_forward - jnp.sum(m * (b - a + 0.5 * eps * drift_a) ** 2) / (2 * eps)
         log_q_backward = log_q_backward - jnp.sum(m * (a - b + 0.5 * eps * drift_b) ** 2) / (2 * eps)
     log_alpha = energy + log_q_backward - log_q_forward
     alpha = jnp.where(log_alpha >= 0, 1.0, jnp.exp(jnp.minimum(log_alpha, 0.0)))
-    alpha = jnp.where(jnp.isnan(log_alpha), jnp.nan, alpha)  # the host's exp(nan)
+    alpha = jnp.where(jnp.isnan(log_alpha), 0.0, alpha)  # as the host: a proposal too far out to score is refused
     return jnp.where(jnp.isfinite(loss_new), alpha, 0.0)
 
 
