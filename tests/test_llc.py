@@ -419,3 +419,30 @@ def test_chains_still_spreading_after_burn_in_are_reported_with_the_step_they_se
                              num_chains=8, num_draws=4000, num_burnin_steps=0, batch_size=None, mala_every=0)
     assert result.diagnostics["settling_step"] > 500
     assert any("still settling after burn-in" in w for w in result.diagnostics["warnings"])
+
+
+def test_a_non_finite_full_data_score_stops_the_estimate_naming_the_chain_and_the_draw():
+    class FullLossFails(Quadratic):
+        """Minibatch losses stay finite; the whole data set's loss is inf away from w* (after the first call)."""
+
+        def __init__(self):
+            super().__init__(np.ones(2))
+            self.calls = 0
+
+        def loss(self, params, indices=None):
+            self.calls += 1
+            return float("inf") if indices is None and self.calls > 1 else super().loss(params)
+
+        def loss_and_grad(self, params, indices=None):
+            return float(0.5 * np.sum(params["w"] ** 2)), {"w": params["w"].copy()}
+
+    with pytest.raises(LLCDiverged, match=r"chain 0, burn-in step 0: the score \(full\) became non-finite"):
+        estimate_llc_of(FullLossFails(), {"w": np.zeros(2)}, step_size=1e-3, nbeta=10.0, localization=1.0, num_chains=2,
+                        num_draws=5, num_burnin_steps=2, batch_size=None, score="full", mala_every=0)
+
+
+def test_a_mask_of_fractions_is_refused():
+    cfg, params, batch = _lsa_problem()
+    fractions = {name: np.full(p.shape, 0.5) for name, p in params.items()}
+    with pytest.raises(ValueError, match="must hold booleans"):
+        estimate_llc("numpy", cfg, params, batch, num_chains=1, num_draws=2, num_burnin_steps=0, restrict=fractions)
