@@ -335,6 +335,23 @@ def _reproduce_ood(args: argparse.Namespace) -> int:
     return _reproduction(args, ood, ood.OODSetting, "ood", changes, evaluated)
 
 
+def _reproduce_stages(args: argparse.Namespace) -> int:
+    """`iclgd reproduce stages`: the setting of --scale (or --quick's), then the experiment."""
+    from iclgd.experiments import stages
+
+    changes = {key: value for key, value in {"seeds": args.seeds, "seed": args.seed, "backend": args.backend}.items()
+               if value is not None}
+    with errors_with_flags(args):
+        setting = stages.StagesSetting.for_scale(args.scale, quick=args.quick, **changes)
+    out = args.out or default_out("stages" if args.scale == "laptop" else f"stages-{args.scale}", args.quick)
+    if not args.quiet:
+        print(f"backend: {setting.backend}; scale: {setting.scale}{' (smoke run)' if args.quick else ''}", file=sys.stderr, flush=True)
+    results = stages.run(out, setting, quiet=args.quiet)
+    print(stages.table(results))
+    print(f"\nwrote {out}/results.json, report.md and {len(results['figures'])} figures")
+    return stages.exit_code(results)
+
+
 def _depths(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -472,6 +489,22 @@ def build_parser() -> argparse.ArgumentParser:
     shift = command(claims, "ood", "trained LSA layers and GD out of distribution: input scale, input law, distractors")
     _add_reproduce_options(shift, ood.OODSetting(), ood.OODSetting.quick(), "ood", [("steps", "training steps of each model")])
     shift.set_defaults(run=_reproduce_ood)
+
+    stage = command(claims, "stages", "developmental stages: LLC over training (two SGLD protocols), essential dynamics, stage boundaries")
+    stage.add_argument("--scale", choices=("laptop", "paper"), default="laptop",
+                       help="laptop: the paper's model, 40k steps at batch 64, 26 checkpoints, < 1 hour on 2 CPU cores "
+                            "with jax; paper: 500k steps at batch 256, 190 checkpoints, 10 x 5000 SGLD draws, 5 seeds "
+                            "(for a GPU) (default: laptop)")
+    stage.add_argument("--seeds", type=int, default=None, help="training seeds (default: 1 at laptop scale, 5 at paper scale)")
+    stage.add_argument("--seed", type=int, default=None, help="the first seed (default: 0)")
+    stage.add_argument("--backend", default=None, help="numpy or jax (default: jax when installed; numpy with --quick)")
+    stage.add_argument("--out", default=None,
+                       help="run folder, resumed if it holds an unfinished run (default: runs/stages, runs/stages-paper "
+                            "with --scale paper, runs/quick/... with --quick)")
+    stage.add_argument("--quick", action="store_true",
+                       help="a smoke run of seconds (a tiny model) judged by weaker checks, not the paper's claims")
+    stage.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    stage.set_defaults(run=_reproduce_stages)
 
     _add_llc_parser(commands, command)
 

@@ -296,3 +296,182 @@ def llc_curve(path: Path, rows: list[dict], *, title: str = "") -> None:
         ax.set_title("LLC of the loss at position k")
         ax.legend(fontsize=6, ncol=2 if k_count > 4 else 1)
     _save(plt, fig, path)
+
+
+# --- `iclgd reproduce stages` --------------------------------------------------------------------------
+
+
+def _stage_bands(ax, stage_summary: dict) -> None:
+    """Shade the stages of a ``stages(...).summary()`` alternately and mark their boundaries."""
+    for j, stage in enumerate(stage_summary.get("stages") or []):
+        ax.axvspan(stage["start_step"], stage["end_step"], color="0.85" if j % 2 else "0.95", zorder=0)
+        ax.text(np.sqrt(stage["start_step"] * stage["end_step"]), 1.0, f"{j + 1}: {stage['type']}", fontsize=6,
+                ha="center", va="top", transform=ax.get_xaxis_transform())
+    for boundary in stage_summary.get("boundaries") or []:
+        ax.axvline(boundary["step"], color="0.4", lw=0.8, ls="--", zorder=1)
+
+
+def _eval_series(rows: list[dict], *keys) -> tuple[list, list]:
+    """(steps, values) of a nested key of evaluation rows, where present and finite."""
+    steps, values = [], []
+    for row in rows:
+        value = row
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            steps.append(row["step"])
+            values.append(float(value))
+    return steps, values
+
+
+def stages_overview(path: Path, seed_results: dict, *, title: str = "") -> None:
+    """The paper's Fig. 1: the pretraining loss and the LLC (both protocols, +- s.e.) over log steps,
+    with the stages found from the LLC (settled protocol) shaded; a second panel: the loss's stages."""
+    plt, fig, axes = _figure(2, width=5.5, title=title)
+    behaviour = seed_results["behaviour"]
+    all_steps = [row["step"] for row in behaviour]
+    for ax, key, what in ((axes[0], "llc_settled", "stages from the LLC (settled)"), (axes[1], "loss", "stages from the loss")):
+        _stage_bands(ax, seed_results["stages"][key])
+        ax.plot(*_eval_series(behaviour, "pretraining", "mse"), "o-", ms=3, color="C0", label="pretraining MSE")
+        ax.set_ylabel("MSE", color="C0")
+        twin = ax.twinx()
+        for protocol, color in (("settled", "C3"), ("paper", "C1")):
+            table = [r for r in seed_results["llc"][protocol]["table"] if r.get("llc_mean") is not None]
+            twin.errorbar([r["step"] for r in table], [r["llc_mean"] for r in table],
+                          yerr=[r.get("llc_std_error") or 0.0 for r in table], fmt="s-", ms=3, capsize=2, color=color,
+                          label=f"LLC, {protocol} protocol")
+        twin.set_ylabel("LLC lambda-hat")
+        _training_step_axis(ax, all_steps)
+        ax.set_title(what, fontsize=9)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="center left")
+    _save(plt, fig, path)
+
+
+def stages_llc_per_position(path: Path, seed_results: dict, *, title: str = "") -> None:
+    """The per-position LLC lambda-hat_k over log steps, one panel per SGLD protocol."""
+    plt, fig, axes = _figure(2, width=4.6, title=title)
+    for ax, protocol in zip(axes, ("settled", "paper")):
+        table = [r for r in seed_results["llc"][protocol]["table"] if r.get("llc_per_position")]
+        if table:
+            values = np.array([r["llc_per_position"] for r in table], dtype=float)
+            cmap = plt.get_cmap("viridis")
+            k_count = values.shape[1]
+            for k in range(k_count):
+                ax.plot([r["step"] for r in table], values[:, k], "-", color=cmap(k / max(1, k_count - 1)), label=f"k = {k + 1}")
+            ax.legend(fontsize=6, ncol=2)
+        _training_step_axis(ax, [r["step"] for r in seed_results["llc"][protocol]["table"]])
+        ax.set_ylabel("per-position lambda-hat_k")
+        ax.set_title(f"{protocol} protocol", fontsize=9)
+    _save(plt, fig, path)
+
+
+def stages_icl_score(path: Path, rows: list[dict], *, threshold: float = -2.0, title: str = "") -> None:
+    """The ICL score loss_K - loss_1 over log steps on both validation sets, with the threshold line."""
+    plt, fig, axes = _figure(1, width=5.5, title=title)
+    ax = axes[0]
+    for name, color in (("pretraining", "C0"), ("true", "C2")):
+        ax.plot(*_eval_series(rows, name, "icl_score"), "o-", ms=3, color=color, label=f"{name} distribution")
+    ax.axhline(threshold, color="C3", ls="--", lw=0.8, label=f"{threshold:g}")
+    ax.axhline(0.0, color="0.5", lw=0.6)
+    _training_step_axis(ax, [r["step"] for r in rows])
+    ax.set_ylabel("ICL score: MSE at k = K minus at k = 1")
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def stages_pc_trajectory(path: Path, ed_summary: dict, llc_stages: dict, *, title: str = "") -> None:
+    """The essential-dynamics trajectory in PC1-PC2 and PC1-PC3 (raw points, smoothed curve),
+    coloured by log step, with the detected milestones circled and the checkpoints nearest the
+    LLC boundaries marked."""
+    trajectory = ed_summary["trajectory"]
+    scores = np.array(trajectory["scores"], dtype=float)
+    smoothed = np.array(trajectory["smoothed"], dtype=float)
+    steps = np.array(trajectory["steps"], dtype=float)
+    pairs = [(0, j) for j in range(1, min(scores.shape[1], 3))]
+    plt, fig, axes = _figure(len(pairs), width=4.6, title=title)
+    colour = np.log10(1.0 + steps)
+    milestones = set(ed_summary.get("milestone_steps") or [])
+    boundaries = [b["checkpoint"] for b in llc_stages.get("boundaries") or []]
+    ratio = ed_summary.get("explained_variance_ratio") or []
+    for ax, (i, j) in zip(axes, pairs):
+        points = ax.scatter(scores[:, i], scores[:, j], c=colour, s=12, cmap="viridis", zorder=2)
+        ax.plot(smoothed[:, i], smoothed[:, j], "-", color="0.3", lw=1.0, zorder=1, label="smoothed")
+        mark = [k for k, s in enumerate(steps) if int(s) in milestones]
+        if mark:
+            ax.scatter(scores[mark, i], scores[mark, j], s=80, facecolors="none", edgecolors="C3", lw=1.5, zorder=3,
+                       label="ED milestones")
+        near = [k for k, s in enumerate(steps) if s in boundaries]
+        if near:
+            ax.scatter(scores[near, i], scores[near, j], marker="x", s=50, color="C1", zorder=4, label="LLC boundaries")
+        name = lambda c: f"PC{c + 1}" + (f" ({100 * ratio[c]:.0f}%)" if c < len(ratio) and ratio[c] is not None else "")  # noqa: E731
+        ax.set_xlabel(name(i))
+        ax.set_ylabel(name(j))
+        ax.legend(fontsize=6)
+    fig.colorbar(points, ax=list(axes), label="log10(1 + step)")
+    buffer = io.BytesIO()  # not _save: tight_layout does not take a colorbar shared by panels
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    runio.atomic_write_bytes(path, buffer.getvalue())
+
+
+def stages_behaviour(path: Path, rows: list[dict], *, ridge_mse: float | None = None, title: str = "") -> None:
+    """Behavioural measures over log steps, each where evaluations.jsonl records it: the MSE at
+    every position (with ridge's mean), the distance to ridge, the parameter norm, prediction
+    norms, layer-norm weight norms and the out-of-distribution MSEs."""
+    steps_all = [r["step"] for r in rows]
+    extra_keys = sorted({key for r in rows for key, value in r.items()
+                         if key not in ("step", "pretraining", "true", "param_norm") and isinstance(value, (dict, int, float))})
+    plt, fig, axes = _figure(4, width=4.2, title=title)
+    ax = axes[0]
+    per_position = [(r["step"], r["pretraining"]["mse_per_position"]) for r in rows
+                    if isinstance(r.get("pretraining"), dict) and r["pretraining"].get("mse_per_position")]
+    if per_position:
+        values = np.array([v for _, v in per_position], dtype=float)
+        cmap = plt.get_cmap("viridis")
+        for k in range(values.shape[1]):
+            ax.plot([s for s, _ in per_position], values[:, k], "-", color=cmap(k / max(1, values.shape[1] - 1)), label=f"k = {k + 1}")
+    if ridge_mse is not None:
+        ax.axhline(ridge_mse, color="C3", ls="--", lw=0.8, label="ridge (mean over k)")
+    ax.set_ylabel("pretraining MSE at position k")
+    ax.legend(fontsize=5, ncol=2)
+    ax = axes[1]
+    for name, color in (("pretraining", "C0"), ("true", "C2")):
+        ax.plot(*_eval_series(rows, name, "delta_ridge"), "o-", ms=3, color=color, label=f"{name}")
+    ax.set_ylabel("distance to ridge (mean sq. difference)")
+    ax.legend(fontsize=6)
+    ax = axes[2]
+    ax.plot(*_eval_series(rows, "param_norm"), "o-", ms=3, color="C0", label="parameter norm")
+    for key in ("pretraining", "true"):
+        series = _eval_series(rows, key, "prediction_norm")
+        if series[0]:
+            ax.plot(*series, "-", color="C1" if key == "pretraining" else "C2", label=f"prediction norm ({key})")
+    for n, key in enumerate(extra_keys):
+        value = rows[-1].get(key)
+        if isinstance(value, (int, float)) and "norm" in key:
+            ax.plot(*_eval_series(rows, key), "-", lw=0.8, color=f"C{(n + 3) % 10}", label=key)
+        elif isinstance(value, dict) and "norm" in key:
+            for sub in sorted(value):
+                if "bias" in sub:
+                    continue
+                series = _eval_series(rows, key, sub)
+                if series[0]:
+                    ax.plot(*series, "-", lw=0.8, label=f"{key}/{sub}")
+    ax.set_ylabel("norms")
+    ax.legend(fontsize=5)
+    ax = axes[3]
+    drawn = False
+    for n, key in enumerate(extra_keys):
+        series = _eval_series(rows, key, "mse")
+        if series[0] and "norm" not in key:
+            ax.plot(*series, "-", color=f"C{n % 10}", label=key)
+            drawn = True
+    ax.plot(*_eval_series(rows, "true", "mse"), "-", color="k", lw=1.2, label="true (in distribution)")
+    ax.set_ylabel("MSE (other validation sets)")
+    if drawn:
+        ax.set_yscale("log")
+    ax.legend(fontsize=5)
+    limits = (min(steps_all), 1.3 * max(steps_all)) if steps_all else None
+    for ax in axes:
+        _training_step_axis(ax, steps_all, limits)
+    _save(plt, fig, path)
