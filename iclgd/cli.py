@@ -352,6 +352,24 @@ def _reproduce_stages(args: argparse.Namespace) -> int:
     return stages.exit_code(results)
 
 
+def _reproduce_task_prior(args: argparse.Namespace) -> int:
+    """`iclgd reproduce task-prior`: the finite-pool sweep M = 1, 2, .., 2^K and infinity."""
+    from iclgd.experiments import task_prior
+
+    changes = {key: value for key, value in {"seed": args.seed, "backend": args.backend,
+                                             "max_log2_tasks": args.max_log2_tasks}.items() if value is not None}
+    with errors_with_flags(args):
+        setting = (task_prior.TaskPriorSetting.quick(**changes) if args.quick else task_prior.TaskPriorSetting(**changes))
+    out = args.out or default_out("task-prior", args.quick)
+    if not args.quiet:
+        print(f"backend: {setting.backend}; M up to 2^{setting.max_log2_tasks} and infinity"
+              f"{' (smoke run)' if args.quick else ''}", file=sys.stderr, flush=True)
+    results = task_prior.run(out, setting, quiet=args.quiet)
+    print(task_prior.table(results))
+    print(f"\nwrote {out}/results.json, report.md and {len(results['figures'])} figures")
+    return task_prior.exit_code(results)
+
+
 def _depths(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -505,6 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a smoke run of seconds (a tiny model) judged by weaker checks, not the paper's claims")
     stage.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     stage.set_defaults(run=_reproduce_stages)
+
+    prior = command(claims, "task-prior", "task diversity: trained on M tasks, the transformer tracks dMMSE at small M, ridge at large M")
+    prior.add_argument("--max-log2-tasks", type=int, default=None,
+                       help="sweep M = 1, 2, 4, .., 2^K and infinity (default: 8; 1 with --quick)")
+    prior.add_argument("--seed", type=int, default=None, help="the training seed (default: 0)")
+    prior.add_argument("--backend", default=None, help="numpy or jax (default: jax when installed; numpy with --quick)")
+    prior.add_argument("--out", default=None,
+                       help="run folder, one run per M, resumed if unfinished (default: runs/task-prior, runs/quick/task-prior with --quick)")
+    prior.add_argument("--quick", action="store_true",
+                       help="a smoke run of seconds (a tiny model, M in {1, 2, inf}) judged by weaker checks, not the papers' claims")
+    prior.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    prior.set_defaults(run=_reproduce_task_prior)
 
     _add_llc_parser(commands, command)
 

@@ -475,3 +475,32 @@ def stages_behaviour(path: Path, rows: list[dict], *, ridge_mse: float | None = 
     for ax in axes:
         _training_step_axis(ax, steps_all, limits)
     _save(plt, fig, path)
+
+
+def task_prior_deltas(path: Path, rows: list[dict], *, title: str = "") -> None:
+    """The finite-pool sweep (iclgd.experiments.task_prior): for each validation set (left: the
+    pretraining distribution, right: the Gaussian prior), the trained model's mean squared
+    distance to dMMSE and to ridge against the pool size M on a log2 axis (M = infinity drawn one
+    step right of the largest M and labelled "inf"), ± one standard error; log y axis."""
+    plt, fig, axes = _figure(2, width=5.0, title=title)
+    finite = [r["n_tasks"] for r in rows if r["n_tasks"] is not None]
+    top = int(np.log2(max(finite))) if finite else 0
+    xs = [np.log2(r["n_tasks"]) if r["n_tasks"] is not None else top + 1 for r in rows]
+    for ax, (set_name, label) in zip(axes, (("pretraining", "pretraining distribution (the pool)"),
+                                            ("true", "Gaussian prior"))):
+        for key, text, fmt in (("delta_dmmse", "to dMMSE", "o-"), ("delta_ridge", "to ridge", "s--")):
+            pts = [(x, r["sets"][set_name][key]) for x, r in zip(xs, rows) if key in r["sets"][set_name]]
+            if not pts:
+                continue
+            ax.errorbar([p[0] for p in pts], [max(p[1]["mean"], 1e-12) for p in pts], yerr=[p[1]["stderr"] for p in pts],
+                        fmt=fmt, ms=4, capsize=2, label=f"model {text}")
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(["inf" if t == top + 1 and None in [r["n_tasks"] for r in rows] else f"{2 ** int(t)}" for t in ticks],
+                           fontsize=7)
+        _log_y(ax)
+        ax.set_xlabel("tasks in the pool M (log2 axis)")
+        ax.set_ylabel("mean squared distance (label units^2)")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=8)
+    _save(plt, fig, path)
