@@ -1,5 +1,5 @@
 """Time per checkpoint of an LLC estimate of the developmental-landscape transformer, every engine side by side:
-`python benchmarks/llc.py [--run DIR] [--step S] [--protocol scaled|paper] [--backends numpy,jax] [--repeats 1] [--json PATH]`.
+`python benchmarks/llc.py [--run DIR] [--step S] [--protocol scaled|paper] [--chains C] [--batch-size B] [--backends numpy,jax] [--repeats 1] [--json PATH]`.
 
 The checkpoint: step ``--step`` of the run in ``--run``; without --run the script first trains the
 paper's model (``TransformerConfig()``, 51,717 parameters, float32) for 3000 steps with the
@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="scaled")
     parser.add_argument("--backends", default="numpy,jax")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--chains", type=int, default=None, help="override the protocol's chains")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the protocol's minibatch")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
         run = short_run(Path(tempfile.mkdtemp()) / "run", "jax" if "jax" in backends else "numpy")
     config, step, params = load(run, args.step)
     data = config.task.sample(DATA_SIZE, purpose_rng(0, "llc/data"))
-    protocol = PROTOCOLS[args.protocol] | PAPER_SGLD
+    overrides = {k: v for k, v in (("num_chains", args.chains), ("batch_size", args.batch_size)) if v is not None}
+    protocol = PROTOCOLS[args.protocol] | PAPER_SGLD | overrides
     times = {name: [] for name in backends}
     results = {}
     for _ in range(args.repeats):
