@@ -73,7 +73,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -81,6 +81,7 @@ import numpy as np
 
 from iclgd import plots, runio
 from iclgd._checks import finite_float, positive_int
+from iclgd.experiments.landscape_model import LandscapeModel
 from iclgd.experiments.output import ClaimRow, announce
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
 
@@ -106,14 +107,8 @@ FIGURES = {"overview": "stages_loss_llc.png", "per_position": "stages_llc_per_po
            "icl": "stages_icl_score.png", "trajectory": "stages_pc_trajectory.png", "behaviour": "stages_behaviour.png"}
 
 
-def _default_backend() -> str:
-    import importlib.util
-
-    return "jax" if importlib.util.find_spec("jax") is not None else "numpy"
-
-
 @dataclass(frozen=True)
-class StagesSetting(Setting):
+class StagesSetting(LandscapeModel, Setting):
     """One scale of the stages experiment (module docstring).  Build it with ``for_scale``."""
 
     QUICK: ClassVar[dict] = dict(
@@ -125,20 +120,8 @@ class StagesSetting(Setting):
     scale: str = "laptop"
     seeds: int = 1
     seed: int = 0
-    backend: str = field(default_factory=_default_backend)
-    # task and model (the paper's)
-    d: int = 4
-    n_examples: int = 8
-    noise_variance: float = 0.125
-    n_layers: int = 2
-    n_heads: int = 4
-    d_model: int = 64
-    d_mlp: int = 64
-    dtype: str = "float32"
-    # training
+    # training (the task, the model, the batch and the peak rate: LandscapeModel's fields)
     steps: int = 40_000
-    batch_size: int = 64
-    lr: float = 0.003
     log_checkpoints: int = 20
     linear_checkpoints: int = 8
     eval_size: int = 2048
@@ -166,14 +149,13 @@ class StagesSetting(Setting):
         self.check_common()
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {list(SCALES)}; got {self.scale!r}")
-        if self.backend not in ("numpy", "jax"):
-            raise ValueError(f"backend must be 'numpy' or 'jax' (the backends that compute the transformer); got {self.backend!r}")
-        for name in ("seeds", "steps", "batch_size", "eval_size", "llc_chains", "llc_draws", "llc_batch_size",
+        self.check_model()
+        for name in ("seeds", "steps", "eval_size", "llc_chains", "llc_draws", "llc_batch_size",
                      "llc_data_size", "paper_chains", "paper_draws", "paper_batch_size", "ed_sequences", "ed_components"):
             positive_int(name, getattr(self, name))
         if self.ed_components < 2:
             raise ValueError(f"ed_components must be >= 2; got {self.ed_components}")
-        for name in ("ed_sigma", "stage_bandwidth", "milestone_distance", "lr"):
+        for name in ("ed_sigma", "stage_bandwidth", "milestone_distance"):
             finite_float(name, getattr(self, name), positive=True)
         self.run_config(self.seed)  # checks the task, model and training settings
 
@@ -195,15 +177,10 @@ class StagesSetting(Setting):
     def run_config(self, seed: int):
         from iclgd.config import run_config_from_dict
 
-        return run_config_from_dict({
-            "task": {"d": self.d, "n_examples": self.n_examples, "noise_variance": self.noise_variance, "dtype": self.dtype},
-            "model": {"family": "transformer", "n_layers": self.n_layers, "n_heads": self.n_heads,
-                      "d_model": self.d_model, "d_mlp": self.d_mlp, "dtype": self.dtype},
-            "train": {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed,
-                      "schedule": "one_cycle", "backend": self.backend, "checkpoint_every": self.steps,
-                      "checkpoints": {"log": self.log_checkpoints, "linear": self.linear_checkpoints},
-                      "eval_size": self.eval_size, "log_every": max(1, self.steps // 200)},
-        }, source="<reproduce stages>")
+        return run_config_from_dict(self.run_config_dict(
+            steps=self.steps, seed=seed, checkpoint_every=self.steps,
+            checkpoints={"log": self.log_checkpoints, "linear": self.linear_checkpoints},
+            eval_size=self.eval_size, log_every=max(1, self.steps // 200)), source="<reproduce stages>")
 
     def llc_settings(self, protocol: str):
         from iclgd.experiments.llc_run import LLCSettings

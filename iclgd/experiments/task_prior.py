@@ -56,14 +56,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from iclgd import metrics, plots, runio
-from iclgd._checks import finite_float, nonnegative_int, positive_int
+from iclgd._checks import nonnegative_int, positive_int
+from iclgd.experiments.landscape_model import LandscapeModel
 from iclgd.experiments.output import ClaimRow, announce, finite_check, fmt, run_seconds
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
 
@@ -78,12 +79,6 @@ FIGURE = "task_prior_deltas.png"
 MAX_LOG2_TASKS = 20
 
 
-def _default_backend() -> str:
-    import importlib.util
-
-    return "jax" if importlib.util.find_spec("jax") is not None else "numpy"
-
-
 def m_name(n_tasks: int | None) -> str:
     """The run folder's name of a pool size: "M_4", or "M_inf" for the Gaussian prior."""
     return "M_inf" if n_tasks is None else f"M_{n_tasks}"
@@ -94,7 +89,7 @@ def m_text(n_tasks: int | None) -> str:
 
 
 @dataclass(frozen=True)
-class TaskPriorSetting(Setting):
+class TaskPriorSetting(LandscapeModel, Setting):
     """The sweep's setting (module docstring): task, model, training and the M grid."""
 
     QUICK: ClassVar[dict] = dict(d=2, n_examples=4, n_layers=1, n_heads=2, d_model=8, d_mlp=8, steps=100,
@@ -103,18 +98,8 @@ class TaskPriorSetting(Setting):
 
     max_log2_tasks: int = 8
     seed: int = 0
-    backend: str = field(default_factory=_default_backend)
-    d: int = 4
-    n_examples: int = 8
-    noise_variance: float = 0.125
-    n_layers: int = 2
-    n_heads: int = 4
-    d_model: int = 64
-    d_mlp: int = 64
-    dtype: str = "float32"
+    # (the task, the model, the batch and the peak rate: LandscapeModel's fields)
     steps: int = 16_000
-    batch_size: int = 64
-    lr: float = 0.003
     checkpoints: int = 5
     eval_size: int = 2048
     smoke: bool = False
@@ -124,12 +109,10 @@ class TaskPriorSetting(Setting):
         if nonnegative_int("max_log2_tasks", self.max_log2_tasks) > MAX_LOG2_TASKS:
             raise ValueError(f"max_log2_tasks must be <= {MAX_LOG2_TASKS} (2^{MAX_LOG2_TASKS} tasks, Raventos et al.'s "
                              f"largest pool); got {self.max_log2_tasks}")
-        if self.backend not in ("numpy", "jax"):
-            raise ValueError(f"backend must be 'numpy' or 'jax' (the backends that compute the transformer); got {self.backend!r}")
+        self.check_model()
         nonnegative_int("seed", self.seed)
-        for name in ("steps", "batch_size", "checkpoints"):
+        for name in ("steps", "checkpoints"):
             positive_int(name, getattr(self, name))
-        finite_float("lr", self.lr, positive=True)
         self.run_config(None)  # checks the task, model and training settings
         self.run_config(2 ** self.max_log2_tasks)
 
@@ -141,18 +124,10 @@ class TaskPriorSetting(Setting):
     def run_config(self, n_tasks: int | None):
         from iclgd.config import run_config_from_dict
 
-        task = {"d": self.d, "n_examples": self.n_examples, "noise_variance": self.noise_variance, "dtype": self.dtype}
-        if n_tasks is not None:
-            task["n_tasks"] = n_tasks
-        return run_config_from_dict({
-            "task": task,
-            "model": {"family": "transformer", "n_layers": self.n_layers, "n_heads": self.n_heads,
-                      "d_model": self.d_model, "d_mlp": self.d_mlp, "dtype": self.dtype},
-            "train": {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
-                      "schedule": "one_cycle", "backend": self.backend,
-                      "checkpoint_every": max(1, math.ceil(self.steps / self.checkpoints)),
-                      "eval_size": self.eval_size, "log_every": max(1, self.steps // 100)},
-        }, source="<reproduce task-prior>")
+        return run_config_from_dict(self.run_config_dict(
+            steps=self.steps, seed=self.seed, n_tasks=n_tasks,
+            checkpoint_every=max(1, math.ceil(self.steps / self.checkpoints)),
+            eval_size=self.eval_size, log_every=max(1, self.steps // 100)), source="<reproduce task-prior>")
 
 
 # --- measuring one trained model ----------------------------------------------------------------------------
