@@ -71,6 +71,16 @@ def test_learning_coefficient_walkthrough_quick(tmp_path):
     assert set(results["step5_lsa"]["points"]) == {"GD construction", "trained layer"}
 
 
+def test_developmental_stages_walkthrough_quick(tmp_path):
+    _, results = run_quick("05_developmental_stages", tmp_path)
+    assert (tmp_path / "stages" / "seed_0" / "run" / "config.toml").is_file()
+    known = results["step2_known_answers"]
+    assert known["corner_found"] == [known["corner_step"]]
+    assert len(known["stage_found"]) == 2
+    # every smoother of the sensitivity table ran on both feature kinds
+    assert len(results["step6_essential_dynamics"]["sensitivity"]) == 10
+
+
 @pytest.fixture
 def walkthrough(monkeypatch):
     """Import reference/NAME.py as a module (its folder on the path, for ``walkthrough``)."""
@@ -89,7 +99,8 @@ def test_no_walkthrough_is_longer_than_400_lines():
     # the rule that keeps them readable: theory a walkthrough derives in code moves into the library (iclgd.theory,
     # iclgd.scoring), settings come from iclgd.experiments, shared printing from reference/walkthrough.py
     lengths = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in sorted(REFERENCE.glob("0*.py"))}
-    assert set(lengths) >= {"01_one_step_gd.py", "02_multi_layer.py", "03_out_of_distribution.py", "04_learning_coefficient.py"}
+    assert set(lengths) >= {"01_one_step_gd.py", "02_multi_layer.py", "03_out_of_distribution.py", "04_learning_coefficient.py",
+                            "05_developmental_stages.py"}
     assert all(length <= 400 for length in lengths.values()), lengths
 
 
@@ -111,3 +122,11 @@ def test_walkthrough_02s_full_runs_are_reproduce_multi_layer_tied_at_depths_2_an
 def test_walkthrough_03_runs_the_ood_experiment_in_its_full_and_quick_settings(walkthrough):
     w03 = walkthrough("03_out_of_distribution")
     assert (w03.FULL.experiment, w03.QUICK.experiment) == (OODSetting(), OODSetting.quick())
+
+
+def test_walkthrough_05_runs_reproduce_stages_at_laptop_scale_and_its_quick_setting(walkthrough):
+    from iclgd.experiments.stages import StagesSetting
+
+    w05 = walkthrough("05_developmental_stages")
+    assert w05.setting_for(False) == StagesSetting.for_scale("laptop")
+    assert w05.setting_for(True) == StagesSetting.for_scale("laptop", quick=True)

@@ -102,6 +102,10 @@ PAPER_RIDGE_MSE = 1.656
 #: The initial plateau's loss band (the zero prediction: D + sigma^2 = 4.125; the paper's init 4.38).
 PLATEAU_BAND = (3.9, 4.6)
 ICL_THRESHOLD = -2.0
+#: "about 19 at the end of the plateau, 150-170 at its peak" (the issue's reading of the paper's 19.2 +- 0.8
+#: at 1k steps and 170 +- 0.7 at 40k): 19.2 +- 25 %, and the band as stated.
+PAPER_PLATEAU_LLC = (14.4, 24.0)
+PAPER_PEAK_LLC = (150.0, 170.0)
 
 FIGURES = {"overview": "stages_loss_llc.png", "per_position": "stages_llc_per_position.png",
            "icl": "stages_icl_score.png", "trajectory": "stages_pc_trajectory.png", "behaviour": "stages_behaviour.png"}
@@ -416,6 +420,12 @@ def _plateau(s: dict, steps_total: int) -> tuple[float | None, float | None]:
     return float(np.median(early)), rows[-1][1]
 
 
+def _plateau_end_llc(s: dict) -> float | None:
+    """The settled LLC at the end of the first LLC stage when that stage is flat (the plateau, LR1), else None."""
+    first = (s.get("stage_ends") or [{}])[0].get("ours")
+    return first["llc_settled"] if first and first["type"] == "flat" else None
+
+
 def _f(value, digits=3) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
@@ -454,6 +464,13 @@ def claim_rows(r: dict) -> list[ClaimRow]:
                            for (seed, first, fall, _), s in zip(rise, r["seeds"].values())),
                  "peak - first checkpoint > 3 s.e., and the first non-flat LLC stage (settled protocol) rises",
                  all(ok for *_, ok in rise)))
+    values = _each(r, lambda seed, s: (seed, _plateau_end_llc(s), s["llc"]["settled"]["fall"].get("peak")))
+    low, high = PAPER_PLATEAU_LLC
+    rows.append(("the LLC reaches values near the paper's: about 19 at the end of the plateau (LR1), 150-170 at its peak",
+                 "; ".join(f"seed {seed}: {_f(end)} at the end of the first (flat) LLC stage, peak {_f(peak)}" for seed, end, peak in values),
+                 f"end of the first stage, if flat, in [{low:g}, {high:g}] (19.2 +- 25 %); peak in [{PAPER_PEAK_LLC[0]:g}, {PAPER_PEAK_LLC[1]:g}]",
+                 all(_finite(end) and low <= end <= high and _finite(peak) and PAPER_PEAK_LLC[0] <= peak <= PAPER_PEAK_LLC[1]
+                     for _, end, peak in values)))
     bounds = _each(r, lambda seed, s: (seed, [b["step"] for b in s["stages"]["llc_settled"].get("boundaries", [])]))
     rows.append(("at least two stage boundaries by the LLC criterion (critical points of the LLC over log step)",
                  "; ".join(f"seed {seed}: {len(b)} at steps {', '.join(f'{x:.0f}' for x in b) or 'none'}" for seed, b in bounds),
