@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -61,6 +62,24 @@ def test_quick_run_writes_results_report_and_figures_and_passes_its_smoke_checks
             assert f"]({name})" in report
     else:
         assert results["figures"] == []
+
+
+def test_the_summary_across_seeds_is_each_numbers_mean_and_sample_sd(quick_out):
+    import copy
+
+    out, _ = quick_out
+    results = json.loads((out / "results.json").read_text())
+    seed = results["seeds"]["0"]
+    other = copy.deepcopy(seed)
+    other["llc"]["settled"]["fall"]["peak"] = seed["llc"]["settled"]["fall"]["peak"] + 10.0
+    summary = stages.across_seeds({"0": seed, "1": other}, results["setting"]["steps"])
+    peak = summary["peak_llc"]
+    assert peak["values"] == {"0": seed["llc"]["settled"]["fall"]["peak"], "1": seed["llc"]["settled"]["fall"]["peak"] + 10.0}
+    assert peak["mean"] == pytest.approx(seed["llc"]["settled"]["fall"]["peak"] + 5.0)
+    assert peak["sd"] == pytest.approx(10.0 / math.sqrt(2.0))
+    assert summary["final_mse"]["sd"] == 0.0
+    assert results["across_seeds"]["peak_llc"]["sd"] is None  # one seed: no spread
+    assert "## Across seeds" in (out / "report.md").read_text()
 
 
 def test_rerun_resumes_without_recomputing_anything(quick_out, tmp_path):
@@ -142,3 +161,37 @@ def test_llc_fall_and_milestone_distances_are_measured():
     match = stages.milestone_matches([200, 5000], [100.0, 10_000.0])
     assert match[0]["boundary"] == 100.0 and match[0]["distance_decades"] == pytest.approx(math.log10(2))
     assert match[1]["boundary"] == 10_000.0
+
+
+# --- the laptop run, full length (pytest -m slow: ~35 min on 2 cores with jax) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def laptop_rows(tmp_path_factory):
+    """The claim rows of one laptop-scale run of seed 0 (the setting reproduce stages runs by default),
+    in a new folder, or resumed in $ICLGD_STAGES_LAPTOP_DIR (a kept ``reproduce stages`` folder)."""
+    pytest.importorskip("jax")
+    out = os.environ.get("ICLGD_STAGES_LAPTOP_DIR") or tmp_path_factory.mktemp("stages-laptop")
+    results = stages.run(out, StagesSetting.for_scale("laptop"), quiet=True)
+    return {row[0]: row for row in stages.claim_rows(results)}
+
+
+def _row(rows: dict, prefix: str):
+    ((row,),) = [[r for key, r in rows.items() if key.startswith(prefix)]]
+    return row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("claim", ["the loss leaves", "in-context learning appears", "the LLC rises",
+                                   "the LLC reaches values", "at least two stage boundaries"])
+def test_the_laptop_run_shows_the_early_stages(laptop_rows, claim):
+    name, ours, criterion, holds = _row(laptop_rows, claim)
+    assert holds, f"{name}: {ours} (criterion: {criterion})"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured (seed 0, reference/results/stages): the nearest ED milestone is 0.333 "
+                                       "decades from an LLC boundary, against the stated 0.3; reported, not loosened")
+def test_the_laptop_run_has_an_ed_milestone_near_an_llc_boundary(laptop_rows):
+    name, ours, criterion, holds = _row(laptop_rows, "essential dynamics")
+    assert holds, f"{name}: {ours} (criterion: {criterion})"

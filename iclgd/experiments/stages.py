@@ -390,7 +390,8 @@ def measure(out_dir: Path, setting: StagesSetting, backend, quiet: bool) -> Meas
     started = time.perf_counter()
     seeds = {str(seed): analyse_seed(out_dir / f"seed_{seed}", setting, seed, backend, quiet) for seed in setting.seed_list}
     results = {"out": str(out_dir), "paper_stage_ends": PAPER_STAGE_ENDS, "paper_ridge_mse": PAPER_RIDGE_MSE,
-               "seeds": seeds, "seconds_this_process": time.perf_counter() - started}
+               "seeds": seeds, "across_seeds": across_seeds(seeds, setting.steps),
+               "seconds_this_process": time.perf_counter() - started}
     first = seeds[str(setting.seed_list[0])]
     title = f"seed {setting.seed_list[0]}, {setting.scale} scale" + (" (smoke run)" if setting.smoke else "")
     figures = {
@@ -427,7 +428,10 @@ def _plateau_end_llc(s: dict) -> float | None:
 
 
 def _f(value, digits=3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
+    """A number to ``digits`` significant digits; integers (steps, counts) in full; None as "n/a"."""
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else f"{value:.{digits}g}"
 
 
 def claim_rows(r: dict) -> list[ClaimRow]:
@@ -582,6 +586,54 @@ def _boundaries_text(summary: dict) -> str:
     return f"boundaries at steps {bounds}; stages {types}"
 
 
+#: the numbers summarised across seeds: name -> (description, seed result -> value or None)
+def _seed_numbers(steps_total: int) -> dict:
+    def fall(protocol):
+        return lambda x: (100 * x["llc"][protocol]["fall"]["relative_fall"]
+                          if x["llc"][protocol]["fall"].get("relative_fall") is not None else None)
+
+    def nearest(x):
+        return min((m["distance_decades"] for m in x["milestone_matches"] if m["distance_decades"] is not None), default=None)
+
+    return {
+        "plateau_mse": ("pretraining MSE on the initial plateau", lambda x: _plateau(x, steps_total)[0]),
+        "final_mse": ("final pretraining MSE", lambda x: _plateau(x, steps_total)[1]),
+        "final_icl_score": ("final ICL score", lambda x: _get(x["behaviour"][-1] if x["behaviour"] else {}, "pretraining", "icl_score")),
+        "plateau_end_llc": ("LLC (settled) at the end of the first, flat, stage (paper: 19.2)", _plateau_end_llc),
+        "peak_llc": ("peak LLC (settled) (paper: 170 at 40k)", lambda x: x["llc"]["settled"]["fall"].get("peak")),
+        "peak_step": ("step of the peak", lambda x: x["llc"]["settled"]["fall"].get("peak_step")),
+        "llc_boundaries": ("LLC stage boundaries (settled)", lambda x: len(x["stages"]["llc_settled"].get("boundaries", []))),
+        "fall_settled_percent": ("fall after the peak, settled protocol, %", fall("settled")),
+        "fall_paper_percent": ("fall after the peak, paper's protocol, % (paper: 170 -> 123, 27 %)", fall("paper")),
+        "milestone_distance": ("nearest ED milestone to an LLC boundary, decades", nearest),
+    }
+
+
+def across_seeds(seeds: dict, steps_total: int) -> dict:
+    """{name: {"description", "values" (per seed), "mean", "sd" (n - 1; None for one seed)}} of the
+    summary numbers of every seed."""
+    out = {}
+    for name, (description, value_of) in _seed_numbers(steps_total).items():
+        values = {seed: value_of(x) for seed, x in seeds.items()}
+        finite = [float(v) for v in values.values() if _finite(v)]
+        out[name] = {"description": description, "values": values,
+                     "mean": float(np.mean(finite)) if finite else None,
+                     "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None}
+    return out
+
+
+def _seeds_table(r: dict) -> str:
+    summary = r.get("across_seeds") or across_seeds(r["seeds"], r["setting"]["steps"])
+    seeds = list(r["seeds"])
+    lines = ["| number | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± s.d. |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for row in summary.values():
+        spread = "" if row["sd"] is None else f" ± {_f(row['sd'])}"
+        lines.append(f"| {row['description']} | " + " | ".join(_f(row["values"][s]) for s in seeds)
+                     + f" | {_f(row['mean'])}{spread} |")
+    return "\n".join(lines)
+
+
 def sections(r: dict) -> str:
     s = r["setting"]
     figures = {key: (f"\n![{name}]({name})\n" if name in r["figures"] else "") for key, name in FIGURES.items()}
@@ -615,6 +667,10 @@ stage not found here is reported as not reached, not as refuted. LLC values depe
     smoke = ("\n**This is a smoke run (--quick)**: a tiny model trained for seconds; its numbers check the pipeline, "
              "not the paper.\n" if s["smoke"] else "")
     return f"""{smoke}
+## Across seeds
+
+{_seeds_table(r)}
+
 ## The LLC after its peak: which fall survives
 
 The paper sees the LLC fall in LR3-LR4 (170 -> 123) while the loss keeps falling. Its SGLD counted
