@@ -41,16 +41,12 @@ from dataclasses import asdict
 
 import numpy as np
 
-from iclgd.analysis.essential_dynamics import SmoothingSettings, collect_outputs, essential_dynamics
+from iclgd.analysis.essential_dynamics import SmoothingSettings, essential_dynamics
 from iclgd.analysis.stages import stages as detect_stages
 from iclgd.experiments import stages as experiment
-from iclgd.streams import purpose_rng
 from walkthrough import Session, Table
 
 NAME = "05_developmental_stages"
-#: the smoothers of step 6's sensitivity table: (method, sigma, time)
-SMOOTHERS = (("local_quadratic", 1.0, "index"), ("local_quadratic", 2.0, "index"), ("local_quadratic", 3.0, "index"),
-             ("gaussian_filter", 2.0, "index"), ("local_quadratic", 0.5, "log_step"))
 
 
 def step1_setting(t, setting) -> dict:
@@ -153,7 +149,7 @@ def step5_llc(t, checks, rows: dict, seed: dict, quick: bool) -> None:
             rows_by(checks, rows, name)
 
 
-def step6_essential_dynamics(t, checks, rows: dict, seed: dict, setting, out_dir, quick: bool) -> dict:
+def step6_essential_dynamics(t, checks, rows: dict, seed: dict, setting, quick: bool) -> dict:
     t.heading("Step 6. Essential dynamics: milestones and the LLC's boundaries")
     ed = seed["ed"]
     t.prose(f"""PCA of the full outputs of {ed['n_checkpoints']} checkpoints on {ed['sequences']} sequences
@@ -163,40 +159,13 @@ def step6_essential_dynamics(t, checks, rows: dict, seed: dict, setting, out_dir
         {', '.join(f"{m['distance_decades']:.3f}" for m in seed['milestone_matches'] if m['distance_decades'] is not None) or 'none'}.""")
     if not quick:
         rows_by(checks, rows, "essential dynamics")
-    boundaries = [b["step"] for b in seed["stages"]["llc_settled"].get("boundaries", [])]
-    steps, features = experiment.ed_features(out_dir / f"seed_{setting.seed}" / "run", setting.run_config(setting.seed),
-                                             setting.backend, setting.ed_sequences, setting.seed)[:2]
-    predictions = prediction_features(setting, out_dir, steps)
-    sensitivity = []
-    for kind, data in (("all outputs", features), ("predictions", predictions)):
-        for method, sigma, time in SMOOTHERS:
-            result = essential_dynamics(data, steps, n_components=min(setting.ed_components, len(steps) - 1),
-                                        smoothing=SmoothingSettings(method=method, sigma=sigma, time=time))
-            near = experiment.milestone_matches(result.milestone_steps, boundaries)
-            best = min((m["distance_decades"] for m in near if m["distance_decades"] is not None), default=None)
-            sensitivity.append({"features": kind, "method": method, "sigma": sigma, "time": time,
-                                "milestones": result.milestone_steps, "nearest_decades": best})
+    sensitivity = seed["ed_sensitivity"]
     t.prose("""How the milestones move with the features and the smoother (the authors smooth in the checkpoint index
         with scipy's gaussian_filter1d; log_step smooths in log(1 + step)). Reported, not judged: choosing the smoother
-        after seeing where the boundaries are would make the check meaningless.""")
-    t.out(Table(12, 16, 6, 9, 26, 9).block(
-        ("features", "smoother", "sigma", "time", "milestones (steps)", "nearest"),
-        [(r["features"], r["method"], r["sigma"], r["time"], ", ".join(map(str, r["milestones"])) or "none",
-          "n/a" if r["nearest_decades"] is None else f"{r['nearest_decades']:.3f}") for r in sensitivity]))
+        after seeing where the boundaries are would make the check meaningless, and the more milestones a smoother
+        finds, the likelier one falls near a boundary by chance.""")
+    t.out(experiment.sensitivity_table(sensitivity) + "\n")
     return {"sensitivity": sensitivity}
-
-
-def prediction_features(setting, out_dir, steps) -> np.ndarray:
-    """The predictions-only ED features (T, B K) of the run's checkpoints, on ED's sequences."""
-    from iclgd import runio
-    from iclgd.tokens.interleaved import encode
-    from iclgd.train.checkpoints import load_checkpoint
-
-    config = setting.run_config(setting.seed)
-    found = dict(runio.list_checkpoints(out_dir / f"seed_{setting.seed}" / "run"))
-    examples = config.task.sample_examples(setting.ed_sequences, purpose_rng(setting.seed, experiment.ED_PURPOSE))
-    pairs = ((int(s), load_checkpoint(found[int(s)], config.model.dtype, config).params) for s in steps)
-    return collect_outputs(setting.backend, config.model, pairs, encode(examples, config.model.dtype).tokens, kind="predictions")[1]
 
 
 def step7_after_peak(t, seed: dict) -> dict:
@@ -246,8 +215,7 @@ def main(argv=None) -> int:
     rows = {row[0]: row for row in claim_rows}
     step4_behaviour(t, checks, rows, seed, session.quick)
     step5_llc(t, checks, rows, seed, session.quick)
-    results["step6_essential_dynamics"] = step6_essential_dynamics(t, checks, rows, seed, setting, session.out_dir / "stages",
-                                                                   session.quick)
+    results["step6_essential_dynamics"] = step6_essential_dynamics(t, checks, rows, seed, setting, session.quick)
     results["step7_after_peak"] = step7_after_peak(t, seed)
     if session.quick:
         t.heading("Smoke checks (a tiny model: the paper's claims are not judged)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from iclgd.backends import fastest_backend
+from iclgd.experiments.stages import SENSITIVITY_SMOOTHERS
 from iclgd.experiments.multi_layer import MultiLayerSetting
 from iclgd.experiments.one_layer import OneLayerSetting
 from iclgd.experiments.ood import OODSetting
@@ -78,7 +79,7 @@ def test_developmental_stages_walkthrough_quick(tmp_path):
     assert known["corner_found"] == [known["corner_step"]]
     assert len(known["stage_found"]) == 2
     # every smoother of the sensitivity table ran on both feature kinds
-    assert len(results["step6_essential_dynamics"]["sensitivity"]) == 10
+    assert len(results["step6_essential_dynamics"]["sensitivity"]) == 2 * len(SENSITIVITY_SMOOTHERS)
 
 
 @pytest.fixture

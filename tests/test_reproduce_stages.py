@@ -47,6 +47,10 @@ def test_quick_run_writes_results_report_and_figures_and_passes_its_smoke_checks
     assert len(seed["ed"]["explained_variance_ratio"]) == 3 and len(seed["ed"]["trajectory"]["steps"]) == n
     assert [row["step"] for row in seed["behaviour"]] == seed["checkpoints"]
     assert [row["paper"]["stage"] for row in seed["stage_ends"][:5]] == ["LR1", "LR2", "LR3", "LR4", "LR5"]
+    judged = [r for r in seed["ed_sensitivity"] if (r["features"], r["method"], r["sigma"], r["time"]) ==
+              ("all", "local_quadratic", results["setting"]["ed_sigma"], "index")]
+    assert len(seed["ed_sensitivity"]) == 2 * len(stages.SENSITIVITY_SMOOTHERS) and judged  # both kinds, every smoother
+    assert judged[0]["milestones"] == seed["ed"]["milestone_steps"]  # the judged smoother is one of the table's rows
     claims = [row["claim"] for row in results["verdicts"]]
     for words in ("plateau", "ICL score", "LLC rises", "two stage boundaries", "ED milestone", "protocol 'settled'", "protocol 'paper'"):
         assert any(words in claim for claim in claims), words

@@ -28,7 +28,9 @@ finishes only what is missing):
           ``ed_sequences`` fixed validation sequences (stream ``purpose_rng(seed, "stages/ed")``)
           at every checkpoint, cached in ``ed_features.npz``; PCA (``ed_components`` = 3),
           smoothing along the checkpoint index (``ed_sigma``), milestones (iclgd.analysis.
-          essential_dynamics defaults: cusps of the evolute and sharp turns).
+          essential_dynamics defaults: cusps of the evolute and sharp turns).  The predictions-only
+          features are cached too, and the milestones of both kinds under the smoothers of
+          ``SENSITIVITY_SMOOTHERS`` are reported beside the judged ones (not judged).
 4. stages from the LLC curve (settled protocol, weighted by its standard errors; the paper
           protocol's too) and from the pretraining loss curve (iclgd.analysis.stages, Gaussian
           local linear regression in log10(step) with bandwidth ``stage_bandwidth`` decades).
@@ -107,6 +109,11 @@ ICL_THRESHOLD = -2.0
 PAPER_PLATEAU_LLC = (14.4, 24.0)
 PAPER_PEAK_LLC = (150.0, 170.0)
 
+#: the smoothers of the milestones' sensitivity table, (method, sigma, time): the judged one (local
+#: quadratic, sigma 2 in the index) and its neighbours, the authors' gaussian_filter, and log time.
+SENSITIVITY_SMOOTHERS = (("local_quadratic", 1.0, "index"), ("local_quadratic", 2.0, "index"),
+                         ("local_quadratic", 3.0, "index"), ("gaussian_filter", 2.0, "index"),
+                         ("local_quadratic", 0.5, "log_step"))
 FIGURES = {"overview": "stages_loss_llc.png", "per_position": "stages_llc_per_position.png",
            "icl": "stages_icl_score.png", "trajectory": "stages_pc_trajectory.png", "behaviour": "stages_behaviour.png"}
 
@@ -223,10 +230,12 @@ def llc_stage(run_dir: Path, out_dir: Path, settings, backend_name: str, quiet: 
     return llc_run.run(run_dir, settings, backend=backend_name, out_dir=out_dir, quiet=quiet)
 
 
-def ed_features(run_dir: Path, config, backend, n_sequences: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(steps, features, computed now?) of every checkpoint: the full outputs on fixed sequences,
-    cached in run_dir/../ed_features.npz (recomputed when the checkpoints or the sequences differ)."""
-    from iclgd.analysis.essential_dynamics import collect_outputs
+def ed_features(run_dir: Path, config, backend, n_sequences: int, seed: int) -> tuple[np.ndarray, dict, bool]:
+    """(steps, {kind: features}, computed now?) of every checkpoint on fixed sequences, for both
+    feature kinds of iclgd.analysis.essential_dynamics ("all": the full outputs, the paper's f-ED;
+    "predictions": the predictions only), cached in run_dir/../ed_features.npz (collected again
+    when the checkpoints, the sequences or the kinds differ)."""
+    from iclgd.analysis.essential_dynamics import FEATURE_KINDS, collect_outputs
     from iclgd.streams import purpose_rng
     from iclgd.tokens.interleaved import encode
     from iclgd.train.checkpoints import load_checkpoint
@@ -239,16 +248,38 @@ def ed_features(run_dir: Path, config, backend, n_sequences: int, seed: int) -> 
             stored = runio.load_npz(cache)
             if (np.array_equal(stored["steps"], steps) and int(stored["n_sequences"]) == n_sequences
                     and int(stored["seed"]) == seed):
-                return stored["steps"], stored["features"], False
+                return stored["steps"], {kind: stored[kind] for kind in FEATURE_KINDS}, False
         except (OSError, ValueError, KeyError):
-            runio.warn(f"{cache} is not readable; the features are collected again")
+            runio.warn(f"{cache} is unreadable or lacks a feature kind; the features are collected again")
     examples = config.task.sample_examples(n_sequences, purpose_rng(seed, ED_PURPOSE))
     tokens = encode(examples, config.model.dtype).tokens
-    pairs = ((int(step), load_checkpoint(found[int(step)], config.model.dtype, config).params) for step in steps)
-    got_steps, features = collect_outputs(backend, config.model, pairs, tokens, kind="all")
-    runio.save_npz(cache, {"steps": got_steps, "features": features, "n_sequences": np.array(n_sequences),
-                           "seed": np.array(seed)})
+    features = {}
+    for kind in FEATURE_KINDS:
+        pairs = ((int(step), load_checkpoint(found[int(step)], config.model.dtype, config).params) for step in steps)
+        got_steps, features[kind] = collect_outputs(backend, config.model, pairs, tokens, kind=kind)
+    runio.save_npz(cache, {"steps": got_steps, **features, "n_sequences": np.array(n_sequences), "seed": np.array(seed)})
     return got_steps, features, True
+
+
+def milestone_sensitivity(steps, features: dict, boundaries: list[float], n_components: int) -> list[dict]:
+    """The milestones of every feature kind under every smoother of ``SENSITIVITY_SMOOTHERS``, each
+    with its nearest distance (decades) to an LLC boundary: how much the ED milestones depend on
+    choices that the judged setting (``ed_sigma``, local quadratic, index time) fixes."""
+    from iclgd.analysis.essential_dynamics import SmoothingSettings, essential_dynamics
+
+    rows = []
+    for kind, data in features.items():
+        for method, sigma, time_axis in SENSITIVITY_SMOOTHERS:
+            try:
+                found = essential_dynamics(data, steps, n_components=n_components,
+                                           smoothing=SmoothingSettings(method=method, sigma=sigma, time=time_axis)).milestone_steps
+            except (ValueError, ImportError) as error:  # too few checkpoints for the kernel; scipy absent
+                rows.append({"features": kind, "method": method, "sigma": sigma, "time": time_axis, "error": str(error)})
+                continue
+            near = [m["distance_decades"] for m in milestone_matches(found, boundaries) if m["distance_decades"] is not None]
+            rows.append({"features": kind, "method": method, "sigma": sigma, "time": time_axis, "milestones": found,
+                         "nearest_decades": min(near, default=None)})
+    return rows
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:
@@ -360,7 +391,7 @@ def analyse_seed(seed_dir: Path, setting: StagesSetting, seed: int, backend, qui
     announce(quiet, f"stages: seed {seed}: essential dynamics on {setting.ed_sequences} fixed sequences")
     started = time.perf_counter()
     steps, features, ed_computed = ed_features(run_dir, config, backend, setting.ed_sequences, seed)
-    ed = essential_dynamics(features, steps, n_components=min(setting.ed_components, len(steps) - 1),
+    ed = essential_dynamics(features["all"], steps, n_components=min(setting.ed_components, len(steps) - 1),
                             smoothing=SmoothingSettings(sigma=setting.ed_sigma))
     ed_summary = ed.summary(trajectory=True) | {"feature_kind": "all", "sequences": setting.ed_sequences,
                                                 "stream": f"purpose_rng({seed}, {ED_PURPOSE!r})",
@@ -379,8 +410,9 @@ def analyse_seed(seed_dir: Path, setting: StagesSetting, seed: int, backend, qui
     except (OSError, ValueError):
         pass
     ridge = _get(baselines, "pretraining", "ridge")
+    sensitivity = milestone_sensitivity(steps, features, boundaries, n_components=min(setting.ed_components, len(steps) - 1))
     return {"run": str(run_dir), "train_seconds": train_seconds, "checkpoints": [int(s) for s in steps],
-            "llc": llc, "ed": ed_summary, "stages": detected, "behaviour": behaviour,
+            "llc": llc, "ed": ed_summary, "ed_sensitivity": sensitivity, "stages": detected, "behaviour": behaviour,
             "ridge_mse": float(np.mean(ridge)) if isinstance(ridge, list) and ridge else None,
             "stage_ends": stage_ends(detected["llc_settled"], llc_by_step, mse),
             "milestone_matches": milestone_matches(ed.milestone_steps, boundaries)}
@@ -578,6 +610,16 @@ def _curve_table(s: dict) -> str:
     return "\n".join(lines)
 
 
+def sensitivity_table(rows: list[dict]) -> str:
+    """The milestone sensitivity rows (``milestone_sensitivity``) as a markdown table."""
+    lines = ["| features | smoother | sigma | time | milestones (steps) | nearest to an LLC boundary (decades) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        found = r.get("error") or (", ".join(map(str, r["milestones"])) or "none")
+        lines.append(f"| {r['features']} | {r['method']} | {r['sigma']:g} | {r['time']} | {found} | {_f(r.get('nearest_decades'))} |")
+    return "\n".join(lines)
+
+
 def _boundaries_text(summary: dict) -> str:
     if "error" in summary:
         return f"not analysed ({summary['error']})"
@@ -647,6 +689,11 @@ Stage boundaries: LLC (settled) {_boundaries_text(x['stages']['llc_settled'])}; 
 ED: explained variance {', '.join(f'{v:.3f}' for v in x['ed']['explained_variance_ratio'])}; milestones at steps
 {', '.join(map(str, x['ed']['milestone_steps'])) or 'none'}. Ridge (Bayes) MSE on our validation set: {_f(ridge, 4)}
 (paper: {PAPER_RIDGE_MSE}).
+
+How the milestones move with the features and the smoother (reported, not judged: the judged setting is
+local quadratic, sigma {s['ed_sigma']:g} in the checkpoint index, fixed before the run):
+
+{sensitivity_table(x.get('ed_sensitivity') or [])}
 
 Our stages against the paper's, by stage (the end of our j-th LLC stage next to the end of LR j):
 
