@@ -31,7 +31,9 @@ Run it (from the repository root):
 either is resumed by the other.  A full run records what it printed in
 reference/results/05_developmental_stages.txt and its numbers in 05_developmental_stages.json;
 the checks are the claims of ``iclgd reproduce stages`` (one source of truth), and the script exits
-with status 1 if any of them fails.
+with status 1 if any of them fails.  At laptop scale one does: the ED milestones lie farther from the
+LLC's boundaries than the 0.3 decade the claim allows (step 6), so the full run exits 1, as
+``iclgd reproduce stages`` does; the criterion is kept, and the failure reported.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def step1_setting(t, setting) -> dict:
         transformer, d_model {setting.d_model}, d_mlp {setting.d_mlp}, LayerNorm, trained with Adam under a one-cycle
         schedule (peak {setting.lr:g}) for {setting.steps} steps at batch {setting.batch_size}, checkpoints on a
         log grid ({setting.log_checkpoints}) joined with a linear one ({setting.linear_checkpoints}).""")
-    return {"zero_prediction_mse": zero, "config": cfg.train.steps}
+    return {"zero_prediction_mse": zero, "steps": cfg.train.steps}
 
 
 def step2_known_answers(t, checks, grid: np.ndarray) -> dict:
@@ -75,7 +77,8 @@ def step2_known_answers(t, checks, grid: np.ndarray) -> dict:
     result = detect_stages(grid, noisy, errors=np.ones(grid.size), bandwidth=experiment.StagesSetting.for_scale("laptop").stage_bandwidth)
     found = [b.log_step for b in result.boundaries]
     t.prose(f"""The LLC criterion fits a smooth curve to lambda-hat against log10(step) (Gaussian-kernel local linear
-        regression) and cuts where its slope has a local minimum in magnitude (plateaus and critical points). A
+        regression) and cuts at the edges of flat stretches and where its slope has a local minimum in magnitude
+        (critical points). A
         curve flat at 20, rising to 160 between 10^{breaks[0]:.2f} and 10^{breaks[1]:.2f} steps and flat after, with noise
         of one standard error, sampled at the laptop run's {grid.size} checkpoints: boundaries at 10^({', '.join(f'{b:.2f}' for b in found)}),
         stages {' -> '.join(result.types)}.""")
@@ -127,22 +130,22 @@ def step4_behaviour(t, checks, rows: dict, seed: dict, quick: bool) -> None:
             rows_by(checks, rows, name)
 
 
-def step5_llc(t, checks, rows: dict, seed: dict, quick: bool) -> None:
+def step5_llc(t, checks, rows: dict, seed: dict, setting, quick: bool) -> None:
     t.heading("Step 5. The LLC over training and its stages")
     settled, paper = ({r["step"]: r for r in seed["llc"][p]["table"]} for p in ("settled", "paper"))
     t.out(Table(6, 16, 16).block(("step", "settled", "paper protocol"),
-                                 [(s, f"{settled[s]['llc_mean']:.1f} +- {settled[s]['llc_std_error']:.1f}",
-                                   f"{paper[s]['llc_mean']:.1f} +- {paper[s]['llc_std_error']:.1f}") for s in sorted(settled)]))
+                                 [(s, estimate(settled.get(s)), estimate(paper.get(s))) for s in sorted(set(settled) | set(paper))]))
     summary = seed["stages"]["llc_settled"]
     t.prose(f"""Stages of the settled LLC (bandwidth {summary.get('smoother', {}).get('bandwidth_decades')} decades):
         boundaries at steps {', '.join(f"{b['step']:.0f}" for b in summary.get('boundaries', [])) or 'none'}; stages
-        {' -> '.join(st['type'] for st in summary.get('stages', []))}. Our stages by index next to the paper's (its
-        steps are 12-50 times ours: the schedule is compressed, so stages compare by order, not by step):""")
+        {' -> '.join(st['type'] for st in summary.get('stages', []))}. Our stages by index next to the paper's (the
+        schedule is compressed: {setting.steps} steps at batch {setting.batch_size} against the paper's 500k at 256, so
+        stages compare by order, not by step):""")
     ends = [(row["paper"]["stage"] if row["paper"] else "-",
              row["paper"]["llc"] if row["paper"] else "-",
              row["ours"]["end_step"] if row["ours"] else "not reached",
              row["ours"]["type"] if row["ours"] else "",
-             f"{row['ours']['llc_settled']:.1f}" if row["ours"] else "") for row in seed["stage_ends"]]
+             number(row["ours"]["llc_settled"]) if row["ours"] else "") for row in seed["stage_ends"]]
     t.out(Table(5, 11, 12, 8, 12).block(("stage", "paper LLC", "ours: end", "type", "LLC settled"), ends))
     if not quick:
         for name in ("the LLC rises", "the LLC reaches values", "at least two stage boundaries"):
@@ -172,20 +175,35 @@ def step7_after_peak(t, seed: dict) -> dict:
     t.heading("Step 7. After the peak: does the LLC fall?")
     settled, paper = ({r["step"]: r["llc_mean"] for r in seed["llc"][p]["table"]} for p in ("settled", "paper"))
     fall = {p: seed["llc"][p]["fall"] for p in ("settled", "paper")}
-    peak = fall["settled"]["peak_step"]
-    after = [s for s in sorted(settled) if s >= peak]
+    peak = fall["settled"].get("peak_step")
+    after = [s for s in sorted(settled) if peak is not None and s >= peak]
+
+    def ratio(step):
+        a, b = paper.get(step), settled.get(step)
+        return f"{a / b:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "n/a"
     t.out(Table(6, 9, 15, 7).block(("step", "settled", "paper protocol", "ratio"),
-                                   [(s, f"{settled[s]:.1f}", f"{paper[s]:.1f}", f"{paper[s] / settled[s]:.3f}") for s in after]))
+                                   [(s, number(settled.get(s)), number(paper.get(s)), ratio(s)) for s in after]))
     shown = {p: (f"{100 * f['relative_fall']:.1f}% ({f['fall_in_std_errors']:.1f} s.e.)"
                  if f.get("relative_fall") is not None and f.get("fall_in_std_errors") is not None else "n/a")
              for p, f in fall.items()}
     t.prose(f"""The paper sees the LLC fall from 170 to 123 in LR3-LR4 while the loss keeps falling. Its chains count
         draws from the first SGLD step. Here, counted from the start, the estimate falls {shown['paper']} from its peak;
         counted after a burn-in of {seed['llc']['settled']['settings'].get('burnin')} steps, it falls {shown['settled']}. The ratio column is the share of the settled
-        value that the draws from the start reach: where it drops, the chains take longer to climb from w* to their
-        stationary loss, so a count from the start reads a smaller LLC. A fall that only the count from the start
-        shows is a property of the sampler's budget, not of the model.""")
+        value that the draws from the start reach. A drop is consistent with chains that take longer to climb from w* to
+        their stationary loss at later checkpoints, so that a count from the start reads a smaller LLC there; a fall
+        that only the count from the start shows is then a property of the sampler's budget, not of the model.""")
     return {"peak_step": peak, "fall": fall}
+
+
+def number(value) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def estimate(row: dict | None) -> str:
+    """An LLC table row as 'mean +- s.e.' (n/a where it is missing or not finite)."""
+    if not row:
+        return "n/a"
+    return f"{number(row.get('llc_mean'))} +- {number(row.get('llc_std_error'))}"
 
 
 def rows_by(checks, rows: dict, prefix: str) -> None:
@@ -214,14 +232,14 @@ def main(argv=None) -> int:
     claim_rows = experiment.claim_rows(measured) if not session.quick else experiment.smoke_rows(measured)
     rows = {row[0]: row for row in claim_rows}
     step4_behaviour(t, checks, rows, seed, session.quick)
-    step5_llc(t, checks, rows, seed, session.quick)
+    step5_llc(t, checks, rows, seed, setting, session.quick)
     results["step6_essential_dynamics"] = step6_essential_dynamics(t, checks, rows, seed, setting, session.quick)
     results["step7_after_peak"] = step7_after_peak(t, seed)
     if session.quick:
         t.heading("Smoke checks (a tiny model: the paper's claims are not judged)")
         for name, ours, criterion, holds in claim_rows:
             checks(name, ours, criterion, holds)
-    results["claims"] = [list(row) for row in claim_rows]
+    results["claims" if not session.quick else "smoke_checks"] = [list(row) for row in claim_rows]
     results["seed"] = {k: seed[k] for k in ("checkpoints", "milestone_matches", "stage_ends", "ridge_mse")}
     return session.finish(results, f"run folder {session.out_dir / 'stages'}")
 

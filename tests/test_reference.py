@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iclgd.backends import fastest_backend
-from iclgd.experiments.stages import SENSITIVITY_SMOOTHERS
+from iclgd.experiments.stages import StagesSetting
 from iclgd.experiments.multi_layer import MultiLayerSetting
 from iclgd.experiments.one_layer import OneLayerSetting
 from iclgd.experiments.ood import OODSetting
@@ -79,7 +79,7 @@ def test_developmental_stages_walkthrough_quick(tmp_path):
     assert known["corner_found"] == [known["corner_step"]]
     assert len(known["stage_found"]) == 2
     # every smoother of the sensitivity table ran on both feature kinds
-    assert len(results["step6_essential_dynamics"]["sensitivity"]) == 2 * len(SENSITIVITY_SMOOTHERS)
+    assert len(results["step6_essential_dynamics"]["sensitivity"]) == 2 * len(StagesSetting.quick().sensitivity_smoothers())
 
 
 @pytest.fixture
@@ -125,9 +125,8 @@ def test_walkthrough_03_runs_the_ood_experiment_in_its_full_and_quick_settings(w
     assert (w03.FULL.experiment, w03.QUICK.experiment) == (OODSetting(), OODSetting.quick())
 
 
-def test_walkthrough_05_runs_reproduce_stages_at_laptop_scale_and_its_quick_setting(walkthrough):
-    from iclgd.experiments.stages import StagesSetting
-
+def test_walkthrough_05s_full_run_is_the_default_laptop_run_of_reproduce_stages(walkthrough):
+    # what `iclgd reproduce stages` runs with no flags, so the two share (and resume) a run folder
     w05 = walkthrough("05_developmental_stages")
-    assert w05.setting_for(False) == StagesSetting.for_scale("laptop")
-    assert w05.setting_for(True) == StagesSetting.for_scale("laptop", quick=True)
+    assert w05.setting_for(False) == StagesSetting(scale="laptop", seeds=1, steps=40_000, batch_size=64)
+    assert w05.setting_for(True).smoke and w05.setting_for(True).backend == "numpy"

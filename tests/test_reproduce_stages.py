@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from iclgd import cli, runio
@@ -49,7 +50,7 @@ def test_quick_run_writes_results_report_and_figures_and_passes_its_smoke_checks
     assert [row["paper"]["stage"] for row in seed["stage_ends"][:5]] == ["LR1", "LR2", "LR3", "LR4", "LR5"]
     judged = [r for r in seed["ed_sensitivity"] if (r["features"], r["method"], r["sigma"], r["time"]) ==
               ("all", "local_quadratic", results["setting"]["ed_sigma"], "index")]
-    assert len(seed["ed_sensitivity"]) == 2 * len(stages.SENSITIVITY_SMOOTHERS) and judged  # both kinds, every smoother
+    assert len(seed["ed_sensitivity"]) == 2 * len(StagesSetting.quick().sensitivity_smoothers()) and judged
     assert judged[0]["milestones"] == seed["ed"]["milestone_steps"]  # the judged smoother is one of the table's rows
     claims = [row["claim"] for row in results["verdicts"]]
     for words in ("plateau", "ICL score", "LLC rises", "two stage boundaries", "ED milestone", "protocol 'settled'", "protocol 'paper'"):
@@ -84,6 +85,24 @@ def test_the_summary_across_seeds_is_each_numbers_mean_and_sample_sd(quick_out):
     assert summary["final_mse"]["sd"] == 0.0
     assert results["across_seeds"]["peak_llc"]["sd"] is None  # one seed: no spread
     assert "## Across seeds" in (out / "report.md").read_text()
+
+
+def test_an_ed_cache_without_the_predictions_is_collected_again(tmp_path):
+    from iclgd import get_backend
+
+    setting = StagesSetting.quick()
+    config = setting.run_config(0)
+    run_dir = tmp_path / "seed_0" / "run"
+    stages.train_stage(run_dir, config, get_backend("numpy"), quiet=True)
+    steps, features, computed = stages.ed_features(run_dir, config, "numpy", 8, 0)
+    assert computed and set(features) == {"all", "predictions"}
+    assert features["predictions"].shape == (len(steps), 8 * setting.n_examples)
+    runio.save_npz(run_dir.parent / "ed_features.npz", {"steps": steps, "features": features["all"],  # the older format
+                                                        "n_sequences": np.array(8), "seed": np.array(0)})
+    again_steps, again, computed = stages.ed_features(run_dir, config, "numpy", 8, 0)
+    assert computed and np.array_equal(again_steps, steps)
+    assert all(np.array_equal(again[kind], features[kind]) for kind in features)
+    assert not stages.ed_features(run_dir, config, "numpy", 8, 0)[2]  # now cached
 
 
 def test_rerun_resumes_without_recomputing_anything(quick_out, tmp_path):
@@ -173,7 +192,9 @@ def test_llc_fall_and_milestone_distances_are_measured():
 @pytest.fixture(scope="module")
 def laptop_rows(tmp_path_factory):
     """The claim rows of one laptop-scale run of seed 0 (the setting reproduce stages runs by default),
-    in a new folder, or resumed in $ICLGD_STAGES_LAPTOP_DIR (a kept ``reproduce stages`` folder)."""
+    in a new folder, or resumed in $ICLGD_STAGES_LAPTOP_DIR: a kept ``iclgd reproduce stages`` run
+    folder (with seed_0/run in it; a folder without one is trained into, ~35 min, and its
+    results.json and report.md are rewritten for one seed)."""
     pytest.importorskip("jax")
     out = os.environ.get("ICLGD_STAGES_LAPTOP_DIR") or tmp_path_factory.mktemp("stages-laptop")
     results = stages.run(out, StagesSetting.for_scale("laptop"), quiet=True)
@@ -181,8 +202,10 @@ def laptop_rows(tmp_path_factory):
 
 
 def _row(rows: dict, prefix: str):
-    ((row,),) = [[r for key, r in rows.items() if key.startswith(prefix)]]
-    return row
+    """The one claim row whose statement starts with ``prefix``."""
+    found = [row for key, row in rows.items() if key.startswith(prefix)]
+    assert len(found) == 1, (prefix, list(rows))
+    return found[0]
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 them (``reproduce stages`` and ``reproduce task-prior``).
 
 Hoogland et al. (The Developmental Landscape of In-Context Learning) train a 2-layer, 4-head
-transformer (d_model = d_mlp = 64, LayerNorm, 51,717 parameters at D = 4) on in-context linear
+transformer (d_model = d_mlp = 64, LayerNorm, 51,717 parameters at D = 4, K = 8) on in-context linear
 regression: D = 4, K = 8 examples per sequence, y = w.x + noise with sigma^2 = 0.125, Adam under
 a one-cycle schedule peaking at lr 0.003.  ``LandscapeModel`` holds those settings as dataclass
 fields; an experiment's setting inherits them and adds its own (scale, steps, checkpoints, ...).
@@ -39,7 +39,8 @@ class LandscapeModel:
 
     def check_model(self) -> None:
         """ValueError unless the backend computes transformers and the batch and rate are valid
-        (the task and model fields are checked when ``run_config_dict`` is parsed)."""
+        (the task and model fields are checked when iclgd.config.run_config_from_dict parses
+        ``run_config_dict``'s result)."""
         if self.backend not in ("numpy", "jax"):
             raise ValueError(f"backend must be 'numpy' or 'jax' (the backends that compute the transformer); "
                              f"got {self.backend!r}")

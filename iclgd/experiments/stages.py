@@ -30,7 +30,7 @@ finishes only what is missing):
           smoothing along the checkpoint index (``ed_sigma``), milestones (iclgd.analysis.
           essential_dynamics defaults: cusps of the evolute and sharp turns).  The predictions-only
           features are cached too, and the milestones of both kinds under the smoothers of
-          ``SENSITIVITY_SMOOTHERS`` are reported beside the judged ones (not judged).
+          ``StagesSetting.sensitivity_smoothers`` are reported beside the judged ones (not judged).
 4. stages from the LLC curve (settled protocol, weighted by its standard errors; the paper
           protocol's too) and from the pretraining loss curve (iclgd.analysis.stages, Gaussian
           local linear regression in log10(step) with bandwidth ``stage_bandwidth`` decades).
@@ -109,11 +109,8 @@ ICL_THRESHOLD = -2.0
 PAPER_PLATEAU_LLC = (14.4, 24.0)
 PAPER_PEAK_LLC = (150.0, 170.0)
 
-#: the smoothers of the milestones' sensitivity table, (method, sigma, time): the judged one (local
-#: quadratic, sigma 2 in the index) and its neighbours, the authors' gaussian_filter, and log time.
-SENSITIVITY_SMOOTHERS = (("local_quadratic", 1.0, "index"), ("local_quadratic", 2.0, "index"),
-                         ("local_quadratic", 3.0, "index"), ("gaussian_filter", 2.0, "index"),
-                         ("local_quadratic", 0.5, "log_step"))
+#: the local-quadratic bandwidths of the milestones' sensitivity table, as multiples of ``ed_sigma``
+SENSITIVITY_FACTORS = (0.5, 1.0, 1.5)
 FIGURES = {"overview": "stages_loss_llc.png", "per_position": "stages_llc_per_position.png",
            "icl": "stages_icl_score.png", "trajectory": "stages_pc_trajectory.png", "behaviour": "stages_behaviour.png"}
 
@@ -206,6 +203,15 @@ class StagesSetting(LandscapeModel, Setting):
                                per_position=True, mala_every=self.paper_mala_every)
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}; got {protocol!r}")
 
+    def sensitivity_smoothers(self) -> list[tuple[str, float, str]]:
+        """The smoothers (method, sigma, time) of the milestones' sensitivity table: local quadratic
+        at ``SENSITIVITY_FACTORS`` x ed_sigma (the judged one is the factor 1), the authors'
+        gaussian_filter at ed_sigma, and local quadratic in log time with the width ed_sigma
+        checkpoints span on the log grid (ed_sigma ln(steps) / log_checkpoints)."""
+        index = [("local_quadratic", factor * self.ed_sigma, "index") for factor in SENSITIVITY_FACTORS]
+        log_width = self.ed_sigma * math.log(self.steps) / max(self.log_checkpoints, 1)
+        return [*index, ("gaussian_filter", self.ed_sigma, "index"), ("local_quadratic", round(log_width, 3), "log_step")]
+
     @property
     def seed_list(self) -> list[int]:
         return [self.seed + i for i in range(self.seeds)]
@@ -253,23 +259,23 @@ def ed_features(run_dir: Path, config, backend, n_sequences: int, seed: int) -> 
             runio.warn(f"{cache} is unreadable or lacks a feature kind; the features are collected again")
     examples = config.task.sample_examples(n_sequences, purpose_rng(seed, ED_PURPOSE))
     tokens = encode(examples, config.model.dtype).tokens
+    params = [(int(step), load_checkpoint(found[int(step)], config.model.dtype, config).params) for step in steps]
     features = {}
     for kind in FEATURE_KINDS:
-        pairs = ((int(step), load_checkpoint(found[int(step)], config.model.dtype, config).params) for step in steps)
-        got_steps, features[kind] = collect_outputs(backend, config.model, pairs, tokens, kind=kind)
+        got_steps, features[kind] = collect_outputs(backend, config.model, params, tokens, kind=kind)
     runio.save_npz(cache, {"steps": got_steps, **features, "n_sequences": np.array(n_sequences), "seed": np.array(seed)})
     return got_steps, features, True
 
 
-def milestone_sensitivity(steps, features: dict, boundaries: list[float], n_components: int) -> list[dict]:
-    """The milestones of every feature kind under every smoother of ``SENSITIVITY_SMOOTHERS``, each
+def milestone_sensitivity(steps, features: dict, boundaries: list[float], n_components: int, smoothers) -> list[dict]:
+    """The milestones of every feature kind under every smoother (method, sigma, time) of ``smoothers``, each
     with its nearest distance (decades) to an LLC boundary: how much the ED milestones depend on
     choices that the judged setting (``ed_sigma``, local quadratic, index time) fixes."""
     from iclgd.analysis.essential_dynamics import SmoothingSettings, essential_dynamics
 
     rows = []
     for kind, data in features.items():
-        for method, sigma, time_axis in SENSITIVITY_SMOOTHERS:
+        for method, sigma, time_axis in smoothers:
             try:
                 found = essential_dynamics(data, steps, n_components=n_components,
                                            smoothing=SmoothingSettings(method=method, sigma=sigma, time=time_axis)).milestone_steps
@@ -410,7 +416,8 @@ def analyse_seed(seed_dir: Path, setting: StagesSetting, seed: int, backend, qui
     except (OSError, ValueError):
         pass
     ridge = _get(baselines, "pretraining", "ridge")
-    sensitivity = milestone_sensitivity(steps, features, boundaries, n_components=min(setting.ed_components, len(steps) - 1))
+    sensitivity = milestone_sensitivity(steps, features, boundaries, n_components=min(setting.ed_components, len(steps) - 1),
+                                        smoothers=setting.sensitivity_smoothers())
     return {"run": str(run_dir), "train_seconds": train_seconds, "checkpoints": [int(s) for s in steps],
             "llc": llc, "ed": ed_summary, "ed_sensitivity": sensitivity, "stages": detected, "behaviour": behaviour,
             "ridge_mse": float(np.mean(ridge)) if isinstance(ridge, list) and ridge else None,
@@ -453,10 +460,11 @@ def _plateau(s: dict, steps_total: int) -> tuple[float | None, float | None]:
     return float(np.median(early)), rows[-1][1]
 
 
-def _plateau_end_llc(s: dict) -> float | None:
-    """The settled LLC at the end of the first LLC stage when that stage is flat (the plateau, LR1), else None."""
+def _plateau_end_llc(s: dict, protocol: str = "settled") -> float | None:
+    """The LLC (``protocol``) at the end of the first stage of the settled LLC when that stage is
+    flat (the plateau, LR1), else None."""
     first = (s.get("stage_ends") or [{}])[0].get("ours")
-    return first["llc_settled"] if first and first["type"] == "flat" else None
+    return first[f"llc_{protocol}"] if first and first["type"] == "flat" else None
 
 
 def _f(value, digits=3) -> str:
@@ -500,13 +508,22 @@ def claim_rows(r: dict) -> list[ClaimRow]:
                            for (seed, first, fall, _), s in zip(rise, r["seeds"].values())),
                  "peak - first checkpoint > 3 s.e., and the first non-flat LLC stage (settled protocol) rises",
                  all(ok for *_, ok in rise)))
-    values = _each(r, lambda seed, s: (seed, _plateau_end_llc(s), s["llc"]["settled"]["fall"].get("peak")))
     low, high = PAPER_PLATEAU_LLC
+
+    def near_paper(seed, s):
+        ends = {p: _plateau_end_llc(s, p) for p in PROTOCOLS}
+        peaks = {p: s["llc"][p]["fall"].get("peak") for p in PROTOCOLS}
+        ok = all(_finite(ends[p]) and low <= ends[p] <= high and _finite(peaks[p])
+                 and PAPER_PEAK_LLC[0] <= peaks[p] <= PAPER_PEAK_LLC[1] for p in PROTOCOLS)
+        return seed, ends, peaks, ok
+    values = _each(r, near_paper)
+    first_types = _each(r, lambda seed, s: ((s["stages"]["llc_settled"].get("stages") or [{}])[0].get("type", "none")))
     rows.append(("the LLC reaches values near the paper's: about 19 at the end of the plateau (LR1), 150-170 at its peak",
-                 "; ".join(f"seed {seed}: {_f(end)} at the end of the first (flat) LLC stage, peak {_f(peak)}" for seed, end, peak in values),
-                 f"end of the first stage, if flat, in [{low:g}, {high:g}] (19.2 +- 25 %); peak in [{PAPER_PEAK_LLC[0]:g}, {PAPER_PEAK_LLC[1]:g}]",
-                 all(_finite(end) and low <= end <= high and _finite(peak) and PAPER_PEAK_LLC[0] <= peak <= PAPER_PEAK_LLC[1]
-                     for _, end, peak in values)))
+                 "; ".join(f"seed {seed}: first LLC stage {kind}, LLC at its end " + " / ".join(_f(ends[p]) for p in PROTOCOLS)
+                           + ", peak " + " / ".join(_f(peaks[p]) for p in PROTOCOLS) + " (settled / paper protocol)"
+                           for (seed, ends, peaks, _), kind in zip(values, first_types)),
+                 f"with both protocols: the first LLC stage is flat and ends in [{low:g}, {high:g}] (19.2 +- 25 %); "
+                 f"the peak is in [{PAPER_PEAK_LLC[0]:g}, {PAPER_PEAK_LLC[1]:g}]", all(ok for *_, ok in values)))
     bounds = _each(r, lambda seed, s: (seed, [b["step"] for b in s["stages"]["llc_settled"].get("boundaries", [])]))
     rows.append(("at least two stage boundaries by the LLC criterion (critical points of the LLC over log step)",
                  "; ".join(f"seed {seed}: {len(b)} at steps {', '.join(f'{x:.0f}' for x in b) or 'none'}" for seed, b in bounds),
@@ -628,8 +645,8 @@ def _boundaries_text(summary: dict) -> str:
     return f"boundaries at steps {bounds}; stages {types}"
 
 
-#: the numbers summarised across seeds: name -> (description, seed result -> value or None)
 def _seed_numbers(steps_total: int) -> dict:
+    """The numbers summarised across seeds: name -> (description, seed result -> value or None)."""
     def fall(protocol):
         return lambda x: (100 * x["llc"][protocol]["fall"]["relative_fall"]
                           if x["llc"][protocol]["fall"].get("relative_fall") is not None else None)
@@ -652,13 +669,13 @@ def _seed_numbers(steps_total: int) -> dict:
 
 
 def across_seeds(seeds: dict, steps_total: int) -> dict:
-    """{name: {"description", "values" (per seed), "mean", "sd" (n - 1; None for one seed)}} of the
-    summary numbers of every seed."""
+    """{name: {"description", "values" (per seed), "n" (the seeds with a finite value), "mean" and
+    "sd" (sample, n - 1; None for n < 2) over those}} of the summary numbers of every seed."""
     out = {}
     for name, (description, value_of) in _seed_numbers(steps_total).items():
         values = {seed: value_of(x) for seed, x in seeds.items()}
         finite = [float(v) for v in values.values() if _finite(v)]
-        out[name] = {"description": description, "values": values,
+        out[name] = {"description": description, "values": values, "n": len(finite),
                      "mean": float(np.mean(finite)) if finite else None,
                      "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None}
     return out
@@ -667,12 +684,14 @@ def across_seeds(seeds: dict, steps_total: int) -> dict:
 def _seeds_table(r: dict) -> str:
     summary = r.get("across_seeds") or across_seeds(r["seeds"], r["setting"]["steps"])
     seeds = list(r["seeds"])
-    lines = ["| number | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± s.d. |",
+    lines = ["| number | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± s.d. (n seeds) |",
              "|---|" + "---|" * (len(seeds) + 1)]
     for row in summary.values():
-        spread = "" if row["sd"] is None else f" ± {_f(row['sd'])}"
+        whole = all(isinstance(v, int) for v in row["values"].values() if v is not None)  # steps and counts
+        show = (lambda v: "n/a" if v is None else f"{v:.0f}") if whole else _f
+        spread = "" if row["sd"] is None else f" ± {show(row['sd'])}"
         lines.append(f"| {row['description']} | " + " | ".join(_f(row["values"][s]) for s in seeds)
-                     + f" | {_f(row['mean'])}{spread} |")
+                     + f" | {show(row['mean'])}{spread} ({row.get('n', '?')}) |")
     return "\n".join(lines)
 
 
@@ -693,7 +712,7 @@ ED: explained variance {', '.join(f'{v:.3f}' for v in x['ed']['explained_varianc
 How the milestones move with the features and the smoother (reported, not judged: the judged setting is
 local quadratic, sigma {s['ed_sigma']:g} in the checkpoint index, fixed before the run):
 
-{sensitivity_table(x.get('ed_sensitivity') or [])}
+{sensitivity_table(x['ed_sensitivity']) if x.get('ed_sensitivity') else '(not recorded in these results)'}
 
 Our stages against the paper's, by stage (the end of our j-th LLC stage next to the end of LR j):
 
