@@ -460,11 +460,22 @@ def _plateau(s: dict, steps_total: int) -> tuple[float | None, float | None]:
     return float(np.median(early)), rows[-1][1]
 
 
+def _loss_plateau_end(s: dict) -> int | None:
+    """The checkpoint nearest (in log10 step) the end of the loss plateau: the end of the first
+    stage of the loss curve when that stage is flat, else None."""
+    first = (s["stages"]["loss"].get("stages") or [{}])[0]
+    if first.get("type") != "flat":
+        return None
+    return _nearest({r["step"]: r for r in s["behaviour"]}, first["end_step"])[0]
+
+
 def _plateau_end_llc(s: dict, protocol: str = "settled") -> float | None:
-    """The LLC (``protocol``) at the end of the first stage of the settled LLC when that stage is
-    flat (the plateau, LR1), else None."""
-    first = (s.get("stage_ends") or [{}])[0].get("ours")
-    return first[f"llc_{protocol}"] if first and first["type"] == "flat" else None
+    """The LLC (``protocol``) at the end of the loss plateau (``_loss_plateau_end``; the paper's
+    LR1 ends where the loss leaves its plateau), None when the loss has no initial plateau."""
+    step = _loss_plateau_end(s)
+    if step is None:
+        return None
+    return {r["step"]: r["llc_mean"] for r in s["llc"][protocol]["table"]}.get(step)
 
 
 def _f(value, digits=3) -> str:
@@ -515,15 +526,15 @@ def claim_rows(r: dict) -> list[ClaimRow]:
         peaks = {p: s["llc"][p]["fall"].get("peak") for p in PROTOCOLS}
         ok = all(_finite(ends[p]) and low <= ends[p] <= high and _finite(peaks[p])
                  and PAPER_PEAK_LLC[0] <= peaks[p] <= PAPER_PEAK_LLC[1] for p in PROTOCOLS)
-        return seed, ends, peaks, ok
+        return seed, _loss_plateau_end(s), ends, peaks, ok
     values = _each(r, near_paper)
-    first_types = _each(r, lambda seed, s: ((s["stages"]["llc_settled"].get("stages") or [{}])[0].get("type", "none")))
     rows.append(("the LLC reaches values near the paper's: about 19 at the end of the plateau (LR1), 150-170 at its peak",
-                 "; ".join(f"seed {seed}: first LLC stage {kind}, LLC at its end " + " / ".join(_f(ends[p]) for p in PROTOCOLS)
+                 "; ".join(f"seed {seed}: loss plateau ends at checkpoint {_f(end)}, LLC there " + " / ".join(_f(ends[p]) for p in PROTOCOLS)
                            + ", peak " + " / ".join(_f(peaks[p]) for p in PROTOCOLS) + " (settled / paper protocol)"
-                           for (seed, ends, peaks, _), kind in zip(values, first_types)),
-                 f"with both protocols: the first LLC stage is flat and ends in [{low:g}, {high:g}] (19.2 +- 25 %); "
-                 f"the peak is in [{PAPER_PEAK_LLC[0]:g}, {PAPER_PEAK_LLC[1]:g}]", all(ok for *_, ok in values)))
+                           for seed, end, ends, peaks, _ in values),
+                 f"with both protocols: the LLC at the end of the loss plateau (the first, flat, stage of the loss curve) is in "
+                 f"[{low:g}, {high:g}] (19.2 +- 25 %); the peak is in [{PAPER_PEAK_LLC[0]:g}, {PAPER_PEAK_LLC[1]:g}]",
+                 all(ok for *_, ok in values)))
     bounds = _each(r, lambda seed, s: (seed, [b["step"] for b in s["stages"]["llc_settled"].get("boundaries", [])]))
     rows.append(("at least two stage boundaries by the LLC criterion (critical points of the LLC over log step)",
                  "; ".join(f"seed {seed}: {len(b)} at steps {', '.join(f'{x:.0f}' for x in b) or 'none'}" for seed, b in bounds),
@@ -658,7 +669,7 @@ def _seed_numbers(steps_total: int) -> dict:
         "plateau_mse": ("pretraining MSE on the initial plateau", lambda x: _plateau(x, steps_total)[0]),
         "final_mse": ("final pretraining MSE", lambda x: _plateau(x, steps_total)[1]),
         "final_icl_score": ("final ICL score", lambda x: _get(x["behaviour"][-1] if x["behaviour"] else {}, "pretraining", "icl_score")),
-        "plateau_end_llc": ("LLC (settled) at the end of the first, flat, stage (paper: 19.2)", _plateau_end_llc),
+        "plateau_end_llc": ("LLC (settled) at the end of the loss plateau (paper: 19.2 at 1k steps)", _plateau_end_llc),
         "peak_llc": ("peak LLC (settled) (paper: 170 at 40k)", lambda x: x["llc"]["settled"]["fall"].get("peak")),
         "peak_step": ("step of the peak", lambda x: x["llc"]["settled"]["fall"].get("peak_step")),
         "llc_boundaries": ("LLC stage boundaries (settled)", lambda x: len(x["stages"]["llc_settled"].get("boundaries", []))),
