@@ -699,7 +699,7 @@ def _seeds_table(r: dict) -> str:
              "|---|" + "---|" * (len(seeds) + 1)]
     for row in summary.values():
         whole = all(isinstance(v, int) for v in row["values"].values() if v is not None)  # steps and counts
-        show = (lambda v: "n/a" if v is None else f"{v:.0f}") if whole else _f
+        show = (lambda v: "n/a" if v is None else f"{v:.0f}" if abs(v) >= 100 else _f(v)) if whole else _f
         spread = "" if row["sd"] is None else f" ± {show(row['sd'])}"
         lines.append(f"| {row['description']} | " + " | ".join(_f(row["values"][s]) for s in seeds)
                      + f" | {show(row['mean'])}{spread} ({row.get('n', '?')}) |")
