@@ -161,7 +161,7 @@ def step6_essential_dynamics(t, checks, rows: dict, seed: dict, setting, quick: 
         steps {ed['milestone_steps'] or 'none'}; nearest LLC boundary in decades:
         {', '.join(f"{m['distance_decades']:.3f}" for m in seed['milestone_matches'] if m['distance_decades'] is not None) or 'none'}.""")
     if not quick:
-        rows_by(checks, rows, "essential dynamics")
+        rows_by(checks, rows, "essential dynamics", end="\n")
     sensitivity = seed["ed_sensitivity"]
     t.prose("""How the milestones move with the features and the smoother (the authors smooth in the checkpoint index
         with scipy's gaussian_filter1d; log_step smooths in log(1 + step)). Reported, not judged: choosing the smoother
@@ -206,10 +206,10 @@ def estimate(row: dict | None) -> str:
     return f"{number(row.get('llc_mean'))} +- {number(row.get('llc_std_error'))}"
 
 
-def rows_by(checks, rows: dict, prefix: str) -> None:
+def rows_by(checks, rows: dict, prefix: str, end: str = "") -> None:
     """Check the claim of ``iclgd reproduce stages`` whose statement starts with ``prefix``."""
     ((name, ours, criterion, holds),) = [row for key, row in rows.items() if key.startswith(prefix)]
-    checks(name, ours, criterion, holds)
+    checks(name, ours, criterion, holds, end)
 
 
 def setting_for(quick: bool) -> experiment.StagesSetting:

@@ -48,6 +48,10 @@ def snapshot(run_dir: Path) -> dict:
 
 
 def start_cli(args: list[str], env_code: str = "", text: bool = False) -> subprocess.Popen:
-    """`iclgd ARGS` in a child Python process (after running ``env_code`` there), pipes for output."""
-    code = textwrap.dedent(env_code) + "\nimport sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    """`iclgd ARGS` in a child Python process (after running ``env_code`` there), pipes for output.
+
+    The child takes SIGINT as an interactive command does (KeyboardInterrupt), even when the tests
+    run as a background job, whose children inherit SIGINT ignored (POSIX shells' rule)."""
+    code = ("import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + textwrap.dedent(env_code)
+            + "\nimport sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text)
