@@ -52,9 +52,11 @@ Scales (``StagesSetting.for_scale``):
       total                                                                          ~ 34-48 min
     (A 2,000-step run of this model with 10 checkpoints measured here: training 63 s of which ~42 s
     compiling and evaluating, ~6.3 ms a step after; ED 0.7 s.)
-    The grid {log = 20, linear = 8} over 40,000 steps gives 26 distinct checkpoints (0, 1, 3,
-    5, 9, 16, 28, 49, 86, 151, 264, 461, 806, 1408, 2460, 4297, 5714, 7506, 11428, 13110,
-    17142, 22856, 22900, 28570, 34284, 39999/40000).  40k steps at batch 64 (the prototype:
+    The grid {log = 20, linear = 8} over 40,000 steps gives 26 distinct steps (0, 1, 3, 5, 9,
+    16, 28, 49, 86, 151, 264, 461, 806, 1408, 2460, 4297, 5714, 7506, 11428, 13110, 17142,
+    22856, 22900, 28570, 34284, 39999), and the final step 40000 makes 27 checkpoints.
+    Measured (three seeds, reference/results/stages): 47 min of process time per seed on 2
+    cores shared with other work (training 408 s, LLC 1830 + 603 s).  40k steps at batch 64 (the prototype:
     20k-80k steps showed the ~4.1 plateau, ICL emerging and MSE 1.83) resolve LR1 and LR2; the
     later stages (LR3-LR5: layer-norm collapse, the slow approach to ridge) are compressed into
     the decay of the learning rate and may not separate.
