@@ -11,7 +11,7 @@ the last example far below the loss on the first).
 The walkthrough, top to bottom:
 
 1. the setting, and the loss levels the model passes;
-2. the two detectors on curves whose answer is known, on this run's own checkpoint grid: stage
+2. the two detectors on curves whose answer is known, on the laptop run's checkpoint grid: stage
    boundaries of a piecewise-linear LLC curve, and an ED milestone at the corner of a trajectory;
 3. training, the LLC at every checkpoint (two SGLD protocols), ED and stage detection: the pipeline
    of ``iclgd reproduce stages`` (iclgd.experiments.stages), resumed where a run folder holds a part;
@@ -66,15 +66,17 @@ def step1_setting(t, setting) -> dict:
     return {"zero_prediction_mse": zero, "steps": cfg.train.steps}
 
 
-def step2_known_answers(t, checks, grid: np.ndarray) -> dict:
+def step2_known_answers(t, checks, laptop) -> dict:
     t.heading("Step 2. The detectors on curves with known answers, on the laptop run's checkpoint grid")
+    train = laptop.run_config(0).train  # the laptop grid in both modes
+    grid = np.array(sorted({0, train.steps, *train.checkpoints.steps(train.steps)}), dtype=np.int64)
     x = np.log10(np.maximum(grid, 1))
     interior = grid[(grid > 0)]
     lo, hi = math.log10(interior[1]), math.log10(interior[-1])
     breaks = [lo + 0.45 * (hi - lo), lo + 0.7 * (hi - lo)]  # a flat stretch, a rise, a flat stretch
     curve = np.interp(x, [lo, *breaks, hi], [20.0, 20.0, 160.0, 160.0])
     noisy = curve + np.random.default_rng(0).normal(0.0, 1.0, curve.size)
-    result = detect_stages(grid, noisy, errors=np.ones(grid.size), bandwidth=experiment.StagesSetting.for_scale("laptop").stage_bandwidth)
+    result = detect_stages(grid, noisy, errors=np.ones(grid.size), bandwidth=laptop.stage_bandwidth)
     found = [b.log_step for b in result.boundaries]
     t.prose(f"""The LLC criterion fits a smooth curve to lambda-hat against log10(step) (Gaussian-kernel local linear
         regression) and cuts at the edges of flat stretches and where its slope has a local minimum in magnitude
@@ -89,7 +91,7 @@ def step2_known_answers(t, checks, grid: np.ndarray) -> dict:
     index = np.arange(grid.size, dtype=np.float64)
     path = np.stack([np.minimum(index, corner), np.maximum(index - corner, 0.0), np.zeros(grid.size)], axis=1)
     basis = np.linalg.qr(np.random.default_rng(1).standard_normal((40, 3)))[0].T  # the path inside 40 features
-    ed = essential_dynamics(path @ basis, grid, smoothing=SmoothingSettings(sigma=experiment.StagesSetting.for_scale("laptop").ed_sigma))
+    ed = essential_dynamics(path @ basis, grid, smoothing=SmoothingSettings(sigma=laptop.ed_sigma))
     t.prose(f"""ED smooths the trajectory in its leading principal components along the checkpoint index and marks
         milestones where it turns (cusps of the evolute, sharp turns). Two straight segments at right angles, joined
         at checkpoint {corner} (step {grid[corner]}), in 40 features: PCA explains
@@ -224,9 +226,7 @@ def main(argv=None) -> int:
     results = session.open("developmental stages of in-context linear regression", experiment.EXPERIMENT.claim,
                            asdict(setting), training_backend=setting.backend)
     results["step1_setting"] = step1_setting(t, setting)
-    laptop = experiment.StagesSetting.for_scale("laptop").run_config(0).train  # step 2 uses the laptop run's grid in both modes
-    grid = np.array(sorted({0, laptop.steps, *laptop.checkpoints.steps(laptop.steps)}), dtype=np.int64)
-    results["step2_known_answers"] = step2_known_answers(t, checks, grid)
+    results["step2_known_answers"] = step2_known_answers(t, checks, setting_for(False))
     measured = step3_pipeline(t, setting, session.out_dir / "stages")
     seed = measured["seeds"][str(setting.seed)]
     claim_rows = experiment.claim_rows(measured) if not session.quick else experiment.smoke_rows(measured)
