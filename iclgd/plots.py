@@ -172,7 +172,8 @@ def loss_by_depth(path: Path, rows: list[dict], labels: dict, *, title: str = ""
     (multi-layer claim).  Right: the trained LSA relative to learned-rate GD++ and GD, in %."""
     plt, fig, (ax, ratio) = _figure(2, width=5.0, title=title)
     depths = [r["n_layers"] for r in rows]
-    for key, style in (("lsa", "o-"), ("tuned_gd", "s--"), ("gd", "^:"), ("gdpp", "v-.")):
+    styles = (("lsa", "o-"), ("tuned_gd", "s--"), ("gd", "^:"), ("gdpp", "v-."), ("tuned_gdpp", "D--"))
+    for key, style in [(key, style) for key, style in styles if key in rows[0]["loss"]]:
         means = np.array([r["loss"][key]["mean"] for r in rows])
         errors = np.array([r["loss"][key]["stderr"] for r in rows])
         ax.errorbar(depths, means, yerr=errors, fmt=style, ms=5 if key == "lsa" else 4, capsize=2, label=labels[key])
@@ -182,10 +183,10 @@ def loss_by_depth(path: Path, rows: list[dict], labels: dict, *, title: str = ""
     ax.set_ylabel(LOSS_LABEL)
     ax.legend(fontsize=8)
     lsa = np.array([r["loss"]["lsa"]["mean"] for r in rows])
-    others = ("gdpp", "gd")
+    others = [k for k in ("tuned_gdpp", "gdpp", "gd") if k in rows[0]["loss"]]
     _ratio_panel(ratio, depths, [lsa / np.array([r["loss"][k]["mean"] for r in rows]) - 1.0 for k in others],
-                 [None, None], [f"trained LSA vs {labels[k]}" for k in others], "layers / steps K", "baseline",
-                 colors=["C3", "C2"])
+                 [None] * len(others), [f"trained LSA vs {labels[k]}" for k in others], "layers / steps K", "baseline",
+                 colors=["C4", "C3", "C2"][-len(others):])
     ratio.set_xticks(depths)
     _save(plt, fig, path)
 
@@ -212,7 +213,7 @@ def alignment_by_depth(path: Path, rows: list[dict], labels: dict, *, title: str
     plt, fig, axes = _figure(3, width=3.6, title=title)
     depths = [r["n_layers"] for r in rows]
     for ax, metric, title in zip(axes, ("preds_diff", "model_cos", "model_diff"), ("preds diff", "model cos", "model diff")):
-        for other in ("gd", "gdpp"):
+        for other in [k for k in ("gd", "gdpp", "tuned_gdpp") if k in rows[0]["alignment"]]:
             means = [r["alignment"][other][metric]["mean"] for r in rows]
             errors = [r["alignment"][other][metric]["stderr"] for r in rows]
             ax.errorbar(depths, means, yerr=errors, fmt="o-", ms=3, capsize=2, label=f"LSA vs {labels[other]}")

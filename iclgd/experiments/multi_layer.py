@@ -13,7 +13,11 @@ a = ``x_scale``, 1 by default, w ~ N(0, I), no noise), the run trains, each in i
 
 all three by ``iclgd.train.train`` on the same task stream (the GD models through their LSA
 form, iclgd.gd_models).  It also tunes one shared eta for K plain GD steps by a line search on
-training-distribution tasks (``tuned GD``).  On the same validation tasks it reports every
+training-distribution tasks (``tuned GD``), and one shared (eta, gamma) for K GD++ steps by a
+direct search on the same tasks (``tuned GD++``, ``iclgd.evaluate.tune_gdpp_rates``): learned
+rates can stop short of their optimum (project issue 13 found, at a = 0.5, learned eta 18.95,
+gamma 1.875 against a direct search's ~20.33, ~1.965, the loss ~0.8 % high), so the claim about
+recurrent models is judged against tuned GD++, and the learned rates are reported beside it.  On the same validation tasks it reports every
 model's half-MSE, the paired differences, the loss read out after every layer inside each
 model, and the alignment (preds diff, model cos, model diff) of the trained LSA with the
 learned GD and GD++ models.  Writes results.json, report.md and loss_by_depth.png,
@@ -42,7 +46,7 @@ from iclgd.experiments.output import (
     ClaimRow, announce, beats_zero_check, figure_title, finite_check, fmt, run_seconds, zero_predictor_loss,
 )
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
-from iclgd.evaluate import stream, tune_gd_eta, validation_batch
+from iclgd.evaluate import stream, tune_gd_eta, tune_gdpp_rates, validation_batch
 from iclgd.gd_models import LearnedGDConfig, as_lsa
 from iclgd.models import LSAConfig
 from iclgd.tasks import LinearRegressionTask, resolve_x_scale
@@ -52,7 +56,8 @@ from iclgd.train import check_run_dir, train
 #: Monte Carlo agrees: tests/test_multistep_gd.py)
 QUOTED_TUNED_GD = {2: 0.626, 4: 0.473}
 MODELS = ("lsa", "gd", "gdpp")
-MODEL_LABELS = {"lsa": "trained LSA", "gd": "learned-rate GD", "gdpp": "learned-rate GD++", "tuned_gd": "tuned GD"}
+MODEL_LABELS = {"lsa": "trained LSA", "gd": "learned-rate GD", "gdpp": "learned-rate GD++", "tuned_gd": "tuned GD",
+                "tuned_gdpp": "tuned GD++"}
 
 
 @dataclass(frozen=True)
@@ -132,9 +137,22 @@ def _estimates(losses: np.ndarray) -> dict:
     return metrics.estimate(losses).to_dict()
 
 
-def evaluate_depth(backend, n_layers: int, trained: dict, tuned_eta: float, batch) -> dict:
-    """Every model's loss (after each layer and at the end), paired differences and alignment on ``batch``."""
+def tuned_gdpp_model(n_layers: int, d: int, n_context: int, rates: tuple[float, float]) -> tuple:
+    """K GD++ steps sharing the tuned (eta, gamma), as a (LearnedGDConfig, params) pair (tied)."""
+    cfg = LearnedGDConfig(d=d, n_context=n_context, n_layers=n_layers, tied=True, variant="gdpp")
+    return cfg, {"eta": np.array([rates[0]]), "gamma": np.array([rates[1]])}
+
+
+def evaluate_depth(backend, n_layers: int, trained: dict, tuned_eta: float, batch,
+                   tuned_gdpp: tuple[float, float] | None = None) -> dict:
+    """Every model's loss (after each layer and at the end), paired differences and alignment on
+    ``batch``; with ``tuned_gdpp`` = (eta, gamma), K GD++ steps at those shared rates too."""
     predictions, sensitivities, per_layer = {}, {}, {}
+    trained = dict(trained)
+    if tuned_gdpp is not None:
+        d = batch.tokens.shape[2] - 1
+        trained["tuned_gdpp"] = tuned_gdpp_model(n_layers, d, batch.tokens.shape[1] - 1, tuned_gdpp)
+    others = ("tuned_gd", "gd", "gdpp") + (("tuned_gdpp",) if tuned_gdpp is not None else ())
     for name, (cfg, params) in trained.items():
         readouts = layer_readouts(backend, cfg, params, batch.tokens)
         per_layer[name] = [_estimates(metrics.half_squared_errors(r, batch.targets)) for r in readouts]
@@ -148,22 +166,25 @@ def evaluate_depth(backend, n_layers: int, trained: dict, tuned_eta: float, batc
     predictions["tuned_gd"] = baselines.gd_predict(batch.tokens, tuned_eta, n_layers)
     sensitivities["tuned_gd"] = baselines.gd_weights(batch.tokens, tuned_eta, n_layers)
     losses = {name: metrics.half_squared_errors(p, batch.targets) for name, p in predictions.items()}
-    return {
+    row = {
         "n_layers": n_layers,
         "tuned_gd_eta": tuned_eta,
         "loss": {name: _estimates(value) for name, value in losses.items()},
         "paired": {
             f"lsa_minus_{other}": metrics.paired_difference(losses["lsa"], losses[other]).to_dict()
-            for other in ("tuned_gd", "gd", "gdpp")
+            for other in others
         },
         "alignment": {
             other: {key: value.to_dict() for key, value in metrics.alignment(
                 predictions["lsa"], sensitivities["lsa"], predictions[other], sensitivities[other]).items()}
-            for other in ("gd", "gdpp", "tuned_gd")
+            for other in ("gd", "gdpp", "tuned_gd") + others[3:]
         },
         "loss_per_layer": per_layer,
         "rates": {name: {key: value.tolist() for key, value in trained[name][1].items()} for name in ("gd", "gdpp")},
     }
+    if tuned_gdpp is not None:
+        row["tuned_gdpp_rates"] = {"eta": float(tuned_gdpp[0]), "gamma": float(tuned_gdpp[1])}
+    return row
 
 
 def measure(out_dir: Path, setting: MultiLayerSetting, backend, quiet: bool) -> Measured:
@@ -188,7 +209,8 @@ def measure(out_dir: Path, setting: MultiLayerSetting, backend, quiet: bool) -> 
             trained[model] = (config.model, state.params)
         started = time.perf_counter()
         announce(quiet, f"K = {k}: evaluating every model on {setting.val_tasks} validation tasks")
-        row = evaluate_depth(backend, k, trained, tune_gd_eta(tune_batch, steps=k), batch)
+        row = evaluate_depth(backend, k, trained, tune_gd_eta(tune_batch, steps=k), batch,
+                             tuned_gdpp=tune_gdpp_rates(tune_batch, steps=k))
         seconds[f"K{k}/evaluation"] = time.perf_counter() - started
         rows.append(row)
     results = {
@@ -235,12 +257,24 @@ def comparison_rows(r: dict) -> list[ClaimRow]:
             "paired (LSA - GD) < -5% of GD's loss and below 0 by > 3 s.e.", clearly,
         ))
         if tied:
+            reference = gdpp_reference(r)
             out.append((
-                "for K >= 2 the trained recurrent LSA is within 5% of trained GD++",
-                "; ".join(f"K={row['n_layers']}: {100 * excess(row, 'gdpp'):+.1f}%" for row in deep),
-                "|paired (LSA - GD++)| <= 5% of GD++'s loss", all(abs(excess(row, "gdpp")) <= 0.05 for row in deep),
+                f"for K >= 2 the trained recurrent LSA is within 5% of {MODEL_LABELS[reference]}",
+                "; ".join(f"K={row['n_layers']}: {100 * excess(row, reference):+.1f}%" for row in deep),
+                f"|paired (LSA - GD++)| <= 5% of GD++'s loss, GD++ at {GDPP_RATES_TEXT[reference]}",
+                all(abs(excess(row, reference)) <= 0.05 for row in deep),
             ))
     return out
+
+
+GDPP_RATES_TEXT = {"tuned_gdpp": "the shared (eta, gamma) of a direct search on training tasks",
+                   "gdpp": "its learned rates"}
+
+
+def gdpp_reference(r: dict) -> str:
+    """The GD++ the recurrent-model claim is judged against: tuned GD++ (results of this version),
+    learned-rate GD++ in results written before tuned GD++ was measured."""
+    return "tuned_gdpp" if all("tuned_gdpp" in row["loss"] for row in r["depths"]) else "gdpp"
 
 
 def tuned_gd_rows(r: dict) -> list[ClaimRow]:
@@ -290,8 +324,9 @@ def setting_text(r: dict) -> str:
     return f"""Setting: d = N = 10, x ~ U(-{a:g}, {a:g})^d, w ~ N(0, I), no label noise. LSA: {kind}, one head, key size 11,
 {s['steps_base']} + {s['steps_per_layer']} K Adam steps, batch {s['batch_size']}, lr {s['lr']:g} with cosine decay. Learned-rate GD and GD++:
 {rates}, {s['baseline_steps']} steps, batch {s['baseline_batch_size']}, lr {s['baseline_lr']:g} (cosine), trained by the
-same loop through their LSA form. Tuned GD: one eta for all K steps by line search on {s['tune_tasks']} training tasks.
-Seed {s['seed']}, backend `{s['backend']}`. Evaluation on {s['val_tasks']} validation tasks; every comparison is paired
+same loop through their LSA form. Tuned GD: one eta for all K steps by line search on {s['tune_tasks']} training tasks;
+tuned GD++: one (eta, gamma) for all K steps by a direct search (grid, then Nelder-Mead) on the same tasks.
+Input scale a = {a:g}. Seed {s['seed']}, backend `{s['backend']}`. Evaluation on {s['val_tasks']} validation tasks; every comparison is paired
 on those tasks; ± is one standard error over tasks. The whole run took {r['total_seconds']:.0f} s."""
 
 
@@ -306,32 +341,43 @@ def rate_cells(values: list[float], last_unused: bool) -> str:
 
 def sections(r: dict) -> str:
     s = r["setting"]
-    names = ("lsa", "tuned_gd", "gd", "gdpp")
+    tuned_pp = gdpp_reference(r) == "tuned_gdpp"
+    names = ("lsa", "tuned_gd", "gd", "gdpp") + (("tuned_gdpp",) if tuned_pp else ())
+    pp = "tuned_gdpp" if tuned_pp else "gdpp"
     loss_lines = "\n".join(
         f"| {row['n_layers']} | " + " | ".join(fmt(row["loss"][n]) for n in names)
-        + f" | {fmt(row['paired']['lsa_minus_tuned_gd'])} | {fmt(row['paired']['lsa_minus_gdpp'])} |"
+        + f" | {fmt(row['paired']['lsa_minus_tuned_gd'])} | {fmt(row['paired'][f'lsa_minus_{pp}'])} |"
         for row in r["depths"]
     )
+    others = ("gd", "gdpp") + (("tuned_gdpp",) if tuned_pp else ())
     align_lines = "\n".join(
         f"| {row['n_layers']} | {other} | " + " | ".join(fmt(row["alignment"][other][m]) for m in ("preds_diff", "model_cos", "model_diff")) + " |"
-        for row in r["depths"] for other in ("gd", "gdpp")
+        for row in r["depths"] for other in others
     )
     layer_lines = "\n".join(
         f"| {row['n_layers']} | {MODEL_LABELS[n]} | " + ", ".join(f"{e['mean']:.3f}" for e in row["loss_per_layer"][n]) + " |"
         for row in r["depths"] for n in names
     )
+    def tuned_pp_cells(row) -> str:
+        rates = row.get("tuned_gdpp_rates")
+        return f" {rates['eta']:.3f} | {rates['gamma']:.3f} |" if rates else ""
+
     rate_lines = "\n".join(
         f"| {row['n_layers']} | {row['tuned_gd_eta']:.3f} | {rate_cells(row['rates']['gd']['eta'], False)} | "
         f"{rate_cells(row['rates']['gdpp']['eta'], False)} | {rate_cells(row['rates']['gdpp']['gamma'], not s['tied'])} |"
+        + tuned_pp_cells(row)
         for row in r["depths"]
     )
+    loss_head = "| K | trained LSA | tuned GD | learned GD | learned GD++ |" + (" tuned GD++ |" if tuned_pp else "")
+    rate_head = "| K | tuned GD eta | learned GD eta | learned GD++ eta | learned GD++ gamma |" + (
+        " tuned GD++ eta | tuned GD++ gamma |" if tuned_pp else "")
     return f"""## Loss per depth (half-MSE)
 
-| K | trained LSA | tuned GD | learned GD | learned GD++ | LSA - tuned GD | LSA - GD++ |
-|---|---|---|---|---|---|---|
+{loss_head} LSA - tuned GD | LSA - {MODEL_LABELS[pp]} |
+|{"---|" * (len(names) + 3)}
 {loss_lines}
 
-## Alignment of the trained LSA with the learned GD and GD++ models
+## Alignment of the trained LSA with the GD and GD++ models
 
 | K | with | preds diff | model cos | model diff |
 |---|---|---|---|---|
@@ -345,8 +391,8 @@ def sections(r: dict) -> str:
 
 ## Rates
 
-| K | tuned GD eta | learned GD eta | learned GD++ eta | learned GD++ gamma |
-|---|---|---|---|---|
+{rate_head}
+|{"---|" * (5 + 2 * tuned_pp)}
 {rate_lines}"""
 
 
