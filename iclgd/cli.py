@@ -256,7 +256,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     backends = args.backends.split(",") if args.backends else None
     layers = tuple(int(n) for n in args.layers.split(","))
-    results = bench.run(backends, layers=layers, dtypes=tuple(args.dtypes.split(",")), repeats=args.repeats)
+    numba_threads = tuple(int(n) for n in args.numba_threads.split(",")) if args.numba_threads else None
+    results = bench.run(backends, layers=layers, dtypes=tuple(args.dtypes.split(",")), repeats=args.repeats,
+                        contended=args.contended, spinners=args.spinners, numba_threads=numba_threads, choose=args.choose)
     json_path, md_path = bench.write(results, args.out)
     print(bench.markdown(results))
     print(f"wrote {json_path} and {md_path}")
@@ -370,6 +372,38 @@ def _reproduce_task_prior(args: argparse.Namespace) -> int:
     return task_prior.exit_code(results)
 
 
+def _reproduce_stack_claim(args: argparse.Namespace) -> int:
+    """A reproduce command of the attention-stack models (softmax-vs-linear, interleaved, sine):
+    the flags set the setting's fields of the same names."""
+    module, setting_class, name = args.stack_claim
+    changes = {field: getattr(args, field) for field in args.stack_fields}
+    return _reproduction(args, module, setting_class, name, changes)
+
+
+def _add_stack_claim(claims, command, name: str, module, setting_class, help_text: str, options: list[tuple[str, type, str]]) -> None:
+    """`iclgd reproduce NAME` for an experiment of the attention-stack models: --out, --backend
+    (numpy or jax: the engines of iclgd.train.stack_training), --seed, --x-scale where the setting
+    has one, ``options`` ((field, type, help)), --quick, --quiet."""
+    full, quick = setting_class(), setting_class.quick()
+    parser = command(claims, name, help_text)
+    where = f"{default_out(name, False)}, or {default_out(name, True)} with --quick"
+    parser.add_argument("--out", default=None, help=f"run folder, resumed if it holds an unfinished run (default: {where})")
+    parser.add_argument("--backend", default=None, help=f"the training engine, numpy or jax (default: jax when installed, here {full.backend})")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the training runs and the tasks " + default_text(full, None, "seed"))
+    fields = ["backend", "seed"]
+    if hasattr(full, "x_scale"):
+        parser.add_argument("--x-scale", type=_x_scale, default=None,
+                            help="a in x ~ U(-a, a): a number, 'paper' (1) or 'authors_code' (0.5) " + default_text(full, None, "x_scale"))
+        fields.append("x_scale")
+    for field, kind, text in options:
+        parser.add_argument("--" + field.replace("_", "-"), type=kind, default=None, help=f"{text} {default_text(full, quick, field)}")
+        fields.append(field)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of seconds (short training, small evaluations) judged by weaker checks, not the paper's claims")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, no backend line")
+    parser.set_defaults(run=_reproduce_stack_claim, stack_claim=(module, setting_class, name), stack_fields=fields)
+
+
 def _depths(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -452,7 +486,7 @@ def _add_reproduce_options(parser: argparse.ArgumentParser, full, quick, name: s
 
 def build_parser() -> argparse.ArgumentParser:
     from iclgd import bench
-    from iclgd.experiments import multi_layer, one_layer, ood
+    from iclgd.experiments import attention_kinds, multi_layer, one_layer, ood
 
     parser = argparse.ArgumentParser(
         prog="iclgd", description="Transformers learn in context by gradient descent: executable and checkable.",
@@ -536,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     prior.set_defaults(run=_reproduce_task_prior)
 
+    _add_stack_claim(claims, command, "softmax-vs-linear", attention_kinds, attention_kinds.AttentionKindsSetting,
+                     "softmax against linear self-attention (1-3 layers, with and without LayerNorm) against GD and GD++",
+                     [("steps", int, "training steps of each model"), ("capacity_heads", int, "heads of the larger softmax model"),
+                      ("val_tasks", int, "validation tasks")])
+
     _add_llc_parser(commands, command)
 
     bench_parser = command(commands, "bench", "time every installed backend on the same work, checked against the oracle")
@@ -545,6 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--layers", default="1,4", help="comma-separated model depths")
     bench_parser.add_argument("--dtypes", default="float32,float64", help="comma-separated")
     bench_parser.add_argument("--repeats", type=int, default=30, help="timed repeats of each operation (the median is reported)")
+    bench_parser.add_argument("--contended", action="store_true",
+                              help="time everything again while busy-loop processes keep every core busy; report both")
+    bench_parser.add_argument("--spinners", type=int, default=None,
+                              help="busy-loop processes for --contended (default: one per usable core)")
+    bench_parser.add_argument("--numba-threads", default=None,
+                              help="comma-separated thread counts to time numba at, e.g. 1,2 (default: numba's current count)")
+    bench_parser.add_argument("--choose", action="store_true",
+                              help="also record what iclgd.backends.choice.choose_backend picks under each load")
     bench_parser.set_defaults(run=_bench)
     return parser
 

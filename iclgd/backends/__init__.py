@@ -45,8 +45,20 @@ def get_backend(name: str):
 SPEED_ORDER = ("numba", "jax", "numpy")
 
 
-def fastest_backend() -> str:
-    """The name of the fastest installed backend (numba, else jax, else numpy)."""
+def fastest_backend(measure: bool = False) -> str:
+    """The name of the fastest installed backend.
+
+    By default (cheap, nothing imported or run): numba, else jax, else numpy, the order of a
+    quiet machine.  With ``measure=True``: timed now, on the load of the moment, by
+    ``iclgd.backends.choice.choose_backend`` (numba at 1 and at all threads, jax, numpy; about a
+    second plus jax's first compilation), and numba's thread count is set to the measured best
+    when numba wins.  Nothing is cached: measure again when the load changes."""
+    if measure:
+        from iclgd.backends import choice
+
+        chosen = choice.choose_backend()
+        choice.apply_choice(chosen)
+        return chosen.backend
     for name in SPEED_ORDER:
         engines = _REGISTRY[name][3]
         if all(importlib.util.find_spec(engine) is not None for engine in engines):
