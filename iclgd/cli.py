@@ -486,7 +486,7 @@ def _add_reproduce_options(parser: argparse.ArgumentParser, full, quick, name: s
 
 def build_parser() -> argparse.ArgumentParser:
     from iclgd import bench
-    from iclgd.experiments import attention_kinds, multi_layer, one_layer, ood
+    from iclgd.experiments import attention_kinds, multi_layer, one_layer, ood, sine
 
     parser = argparse.ArgumentParser(
         prog="iclgd", description="Transformers learn in context by gradient descent: executable and checkable.",
@@ -574,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "softmax against linear self-attention (1-3 layers, with and without LayerNorm) against GD and GD++",
                      [("steps", int, "training steps of each model"), ("capacity_heads", int, "heads of the larger softmax model"),
                       ("val_tasks", int, "validation tasks")])
+
+    _add_stack_claim(claims, command, "sine", sine, sine.SineSetting,
+                     "sine regression: a learned MLP embedding + one LSA layer against the same embedding under a fixed GD step",
+                     [("draws", str, "amplitude and phase: 'authors' (one uniform gives both: perfectly correlated) or 'independent'"),
+                      ("model_steps", int, "training steps of the model"), ("mlp_gd_steps", int, "training steps of MLP+GD's embedding"),
+                      ("batch_size", int, "tasks per training step"), ("model_lr", float, "Adam rate of the model"),
+                      ("mlp_gd_lr", float, "Adam rate of MLP+GD's embedding"), ("eval_tasks", int, "validation tasks")])
 
     _add_llc_parser(commands, command)
 
