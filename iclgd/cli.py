@@ -486,7 +486,7 @@ def _add_reproduce_options(parser: argparse.ArgumentParser, full, quick, name: s
 
 def build_parser() -> argparse.ArgumentParser:
     from iclgd import bench
-    from iclgd.experiments import attention_kinds, multi_layer, one_layer, ood, sine
+    from iclgd.experiments import attention_kinds, interleaved, multi_layer, one_layer, ood, sine
 
     parser = argparse.ArgumentParser(
         prog="iclgd", description="Transformers learn in context by gradient descent: executable and checkable.",
@@ -574,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "softmax against linear self-attention (1-3 layers, with and without LayerNorm) against GD and GD++",
                      [("steps", int, "training steps of each model"), ("capacity_heads", int, "heads of the larger softmax model"),
                       ("val_tasks", int, "validation tasks")])
+
+    _add_stack_claim(claims, command, "interleaved", interleaved, interleaved.InterleavedSetting,
+                     "x and y in separate tokens: a softmax layer learns to copy y_i into x_i's token, a linear layer then does one GD step",
+                     [("steps", int, "training steps"), ("batch_size", int, "tasks per training step"), ("lr", float, "Adam rate"),
+                      ("eval_tasks", int, "validation tasks"), ("copy_tasks", int, "tasks of the copy sensitivities (at most --eval-tasks)"),
+                      ("tune_tasks", int, "training tasks of GD's rate search")])
 
     _add_stack_claim(claims, command, "sine", sine, sine.SineSetting,
                      "sine regression: a learned MLP embedding + one LSA layer against the same embedding under a fixed GD step",
