@@ -130,3 +130,13 @@ def test_walkthrough_05s_full_run_is_the_default_laptop_run_of_reproduce_stages(
     w05 = walkthrough("05_developmental_stages")
     assert w05.setting_for(False) == StagesSetting(scale="laptop", seeds=1, steps=40_000, batch_size=64)
     assert w05.setting_for(True).smoke and w05.setting_for(True).backend == "numpy"
+
+
+def test_beyond_constructed_tokens_walkthrough_quick(tmp_path):
+    _, results = run_quick("06_beyond_constructed_tokens", tmp_path)
+    # the three experiments ran in the folders `iclgd reproduce NAME --out DIR/NAME` uses
+    assert all((tmp_path / name / "results.json").is_file() for name in ("interleaved", "sine", "softmax-vs-linear"))
+    step1 = results["step1_tokens"]
+    assert step1["copy_then_gd_max_abs_diff"] <= 1e-10 and step1["no_copy_max_abs_diff"] >= 0.1
+    assert results["step3_sine"]["draws_max_abs_deviation"] <= 1e-12
+    assert all(row[3] for step in ("step2_interleaved", "step3_sine", "step4_softmax_vs_linear") for row in results[step]["rows"])
