@@ -82,9 +82,8 @@ def held_checkpoints(folder: Path) -> dict[str, int]:
 
 
 def run_experiment(t, module, out: Path, setting) -> dict:
-    """The experiment's measure and write, as `iclgd reproduce` runs them (Experiment.run without the
-    LSA backend it builds: jax's flavour would switch jax to float64 for the runs after it, see
-    iclgd.experiments.sine.run); --quick draws no figures."""
+    """The experiment's measure and write, as `iclgd reproduce` runs them (Experiment.run, whose
+    ``lsa_backend=False`` passes no backend to these experiments), except that --quick draws no figures."""
     held = held_checkpoints(out) if out.is_dir() else {}
     if held:
         t.out(f"  ({out} already holds {', '.join(f'{run} at step {step}' for run, step in held.items())}: "

@@ -286,5 +286,5 @@ def sections(r: dict) -> str:
 EXPERIMENT = Experiment(claim="softmax-attention models need more capacity than linear self-attention to come as close to gradient descent",
                         title="Softmax against linear self-attention on constructed tokens",
                         source="von Oswald et al. 2023, appendix (softmax attention)",
-                        measure=measure, claims=comparison_rows, checks=smoke_rows, setting_text=setting_text, sections=sections)
+                        lsa_backend=False, measure=measure, claims=comparison_rows, checks=smoke_rows, setting_text=setting_text, sections=sections)
 run, table, exit_code, report = EXPERIMENT.run, EXPERIMENT.table, EXPERIMENT.exit_code, EXPERIMENT.report

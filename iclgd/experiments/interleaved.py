@@ -565,6 +565,6 @@ EXPERIMENT = Experiment(
     title="Separate x and y tokens: copy with layer 0, one GD step with layer 1",
     source="von Oswald et al. 2023, the experiment with x and y in separate tokens, as the authors' notebook "
            "normal_token_construct runs it",
-    measure=measure, claims=comparison_rows, checks=smoke_rows, setting_text=setting_text, sections=sections,
+    lsa_backend=False, measure=measure, claims=comparison_rows, checks=smoke_rows, setting_text=setting_text, sections=sections,
     figures_inline=True)
 run, table, exit_code, report = EXPERIMENT.run, EXPERIMENT.table, EXPERIMENT.exit_code, EXPERIMENT.report

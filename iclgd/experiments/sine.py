@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -600,18 +600,6 @@ short run the slower MLP+GD is the further from converged of the two.
 EXPERIMENT = Experiment(claim="on sine regression, a learned MLP embedding followed by one trained linear self-attention layer "
                               "behaves like the same kind of embedding trained under one fixed step of gradient descent (MLP + GD)",
                         title="Sine regression: a trained embedding + LSA layer against MLP + GD",
-                        source="von Oswald et al. 2023, Sec. 5", measure=measure, claims=comparison_rows, checks=smoke_rows,
-                        setting_text=setting_text, sections=sections)
-
-
-def run(out_dir: str | Path, setting: SineSetting, quiet: bool = False) -> dict:
-    """Train and measure in ``out_dir`` (resuming both runs), then write results.json, report.md
-    and the figures; the results.  (Not Experiment.run: that builds an LSA backend, whose jax
-    flavour switches jax to float64 process-wide; this experiment trains through train_stack.)"""
-    out_dir = Path(out_dir)
-    measured = measure(out_dir, setting, None, quiet)
-    results = {"claim": EXPERIMENT.claim, "setting": asdict(setting), **measured.results}
-    return EXPERIMENT.write(out_dir, results, measured.figures)
-
-
-table, exit_code, report = EXPERIMENT.table, EXPERIMENT.exit_code, EXPERIMENT.report
+                        source="von Oswald et al. 2023, Sec. 5", lsa_backend=False, measure=measure, claims=comparison_rows,
+                        checks=smoke_rows, setting_text=setting_text, sections=sections)
+run, table, exit_code, report = EXPERIMENT.run, EXPERIMENT.table, EXPERIMENT.exit_code, EXPERIMENT.report

@@ -80,6 +80,10 @@ class Experiment:
     setting_text: results -> the report's setting paragraph
     sections:     results -> the report after the claims table
     figures_inline: whether ``sections`` places the figures itself; else the report ends with them
+    lsa_backend:  whether ``measure`` gets the LSA backend named by ``setting.backend``; False for
+                  the attention-stack experiments, which train through iclgd.train.stack_training
+                  with ``setting.backend`` as its engine and get None (building the jax backend
+                  would switch jax to float64 process-wide)
     """
 
     claim: str
@@ -91,11 +95,12 @@ class Experiment:
     setting_text: Callable[[dict], str]
     sections: Callable[[dict], str]
     figures_inline: bool = False
+    lsa_backend: bool = True
 
     def run(self, out_dir: str | Path, setting, quiet: bool = False) -> dict:
         """Measure in ``out_dir`` (training resumes there), then write the outputs; the results."""
         out_dir = Path(out_dir)
-        measured = self.measure(out_dir, setting, get_backend(setting.backend), quiet)
+        measured = self.measure(out_dir, setting, get_backend(setting.backend) if self.lsa_backend else None, quiet)
         results = {"claim": self.claim, "setting": asdict(setting), **measured.results}
         return self.write(out_dir, results, measured.figures)
 
