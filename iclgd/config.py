@@ -41,7 +41,7 @@ from iclgd.models.lsa import check_init_scale
 from iclgd.optim import SCHEDULES, AdamConfig
 from iclgd.tasks import LinearRegressionTask, NoisyRegressionTask
 
-SAMPLERS = ("numpy", "jax")
+SAMPLERS = ("numpy", "jax", "philox")
 
 #: The default LSA init scale (TrainConfig.init_scale); the transformer has its own init and refuses another value.
 DEFAULT_INIT_SCALE = 0.002
@@ -86,7 +86,10 @@ class TrainConfig:
 
     sampler: "numpy" - batch t is ``task.sample(batch_size, batch_rng(seed, t))`` on the host, the
     same numbers on every backend; "jax" - drawn inside the jax backend's jitted step from
-    ``jax.random.fold_in(PRNGKey(seed), t)`` (another stream: fast, for full-scale runs)."""
+    ``jax.random.fold_in(PRNGKey(seed), t)`` (another stream: fast, for full-scale runs);
+    "philox" - drawn inside the numba backend's compiled step from a Philox4x32-10 stream keyed
+    by (seed, t), task by task (``iclgd.backends.numba_philox``: another stream, the same for any
+    thread count; noise-free tasks with w ~ N(0, I) and uniform inputs only)."""
 
     steps: int = 5000
     batch_size: int = 2048
@@ -141,6 +144,8 @@ class TrainConfig:
             set_(self, "eval_size", positive_int("eval_size", self.eval_size, maximum=10**7))
         if self.sampler == "jax" and self.backend != "jax":
             raise ValueError(f"sampler 'jax' draws batches inside the jax backend's compiled step; got backend {self.backend!r}")
+        if self.sampler == "philox" and self.backend != "numba":
+            raise ValueError(f"sampler 'philox' draws batches inside the numba backend's compiled step; got backend {self.backend!r}")
 
     @functools.cached_property
     def _grid(self) -> tuple[int, ...]:
@@ -223,12 +228,24 @@ class RunConfig:
             gd_models.check_init_scale(self.model, self.train.init_scale, "init_scale")
         else:
             check_init_scale(self.model, self.train.init_scale, "init_scale")
+        if self.train.sampler == "philox":
+            self._check_philox_task()
         lsa = self._lsa_model()
         batch_size = self.train.batch_size
         limits.check_bytes(
             f"batch_size = {batch_size}", limits.training_step_bytes(self.task, lsa, batch_size),
             f"a training step (sampling, then loss and gradient of {limits.lsa_shape_text(lsa, batch_size, self.task.n_context)})",
         )
+
+    def _check_philox_task(self) -> None:
+        """The Philox stream draws w ~ N(0, I) and x ~ U(-a, a)^d without noise or distractors."""
+        task = self.task
+        unsupported = [f"{name} = {getattr(task, name)!r}" for name, plain in
+                       (("noise_std", 0.0), ("n_distractors", 0), ("w_scale", 1.0), ("x_distribution", "uniform"), ("dtype", "float64"))
+                       if getattr(task, name) != plain]
+        if unsupported:
+            raise ValueError("sampler 'philox' draws noise-free tasks with w ~ N(0, I) and uniform inputs in float64 only; "
+                             f"got {', '.join(unsupported)}: use sampler 'numpy'")
 
     def _check_transformer(self) -> None:
         model, task, train = self.model, self.task, self.train

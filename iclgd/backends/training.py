@@ -83,7 +83,8 @@ def trainer_for(backend, config):
 
 class HostTrainer:
     """Updates on the host: batch t from ``batch_rng(seed, t)``, the backend's
-    ``sample_loss_and_grad`` (which may fuse sampling and the gradient), then the NumPy optimiser
+    ``sample_loss_and_grad`` (which may fuse sampling and the gradient; with sampler "philox",
+    numba's pass that draws batch t of the Philox stream inside its kernel), then the NumPy optimiser
     ``adam_chain`` (clipping, Adam, the rate schedule) through its update and ``apply_updates``.
     Backends return one from ``trainer(config)``; the jax backend has its own."""
 
@@ -97,8 +98,14 @@ class HostTrainer:
         cfg, task, train_cfg = self.config.model, self.config.task, self.config.train
         records = []
         for _ in range(n_steps):
-            rng = batch_rng(train_cfg.seed, state.step)
-            loss, grads = self.backend.sample_loss_and_grad(cfg, task, state.params, train_cfg.batch_size, rng)
+            if train_cfg.sampler == "philox":  # RunConfig allows it with the numba backend and plain tasks only
+                from iclgd.backends.numba_philox import philox_sampled_grad
+
+                loss, grads = philox_sampled_grad(cfg, state.params, train_cfg.seed, state.step, train_cfg.batch_size,
+                                                  task.n_context, task.x_scale)
+            else:
+                rng = batch_rng(train_cfg.seed, state.step)
+                loss, grads = self.backend.sample_loss_and_grad(cfg, task, state.params, train_cfg.batch_size, rng)
             lr = self.adam.learning_rate(state.adam.count)
             updates, opt_state = self.optimizer.update(grads, adam_chain_state(state.adam), state.params)
             params = apply_updates(state.params, updates)
