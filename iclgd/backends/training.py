@@ -98,7 +98,7 @@ class HostTrainer:
         cfg, task, train_cfg = self.config.model, self.config.task, self.config.train
         records = []
         for _ in range(n_steps):
-            if train_cfg.sampler == "philox":  # RunConfig allows it with the numba backend and plain tasks only
+            if getattr(train_cfg, "sampler", "numpy") == "philox":  # RunConfig allows it on numba with plain tasks only
                 from iclgd.backends.numba_philox import philox_sampled_grad
 
                 loss, grads = philox_sampled_grad(cfg, state.params, train_cfg.seed, state.step, train_cfg.batch_size,
