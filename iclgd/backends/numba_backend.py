@@ -55,7 +55,7 @@ from iclgd.models import WEIGHT_NAMES, LSAConfig, attention_products, layer_pref
 from iclgd.tasks.inputs import INPUT_LAWS
 
 COMPILE_NOTE = "about a minute on 2 cores"
-_NO_STREAM = np.zeros(4, np.uint64)
+_NO_STREAM = np.zeros(5, np.uint64)
 _LOW_64 = (1 << 64) - 1
 
 
@@ -373,11 +373,11 @@ def _kernel(source, weights, targets_in, load, stream, low, span, include_query,
 
 
 def _pcg64_stream(rng: np.random.Generator, n_draws: int) -> np.ndarray:
-    """The state and increment of rng's PCG64 as uint64 halves (s_hi, s_lo, c_hi, c_lo), for the
-    kernel to draw ``rng.uniform``'s next n_draws numbers itself; rng is advanced past them, as
-    if it had drawn them."""
+    """The state and increment of rng's PCG64 as uint64 halves, and a zero: (s_hi, s_lo, c_hi,
+    c_lo, 0), for the kernel to draw ``rng.uniform``'s next n_draws numbers itself; rng is
+    advanced past them, as if it had drawn them."""
     state = rng.bit_generator.state["state"]
-    words = [state["state"] >> 64, state["state"] & _LOW_64, state["inc"] >> 64, state["inc"] & _LOW_64]
+    words = [state["state"] >> 64, state["state"] & _LOW_64, state["inc"] >> 64, state["inc"] & _LOW_64, 0]
     rng.bit_generator.advance(n_draws)
     return np.array(words, np.uint64)
 
