@@ -44,19 +44,15 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from iclgd.backends.base import Backend
-from iclgd.backends.numba_lanes import (  # noqa: F401 (N_CHUNKS, LANES: the partition, for numba_philox and tests)
-    FAST, LANES, LOAD_INPUTS, LOAD_PCG64, LOAD_TOKENS, MODE_GRAD, MODE_MAPS, MODE_PREDICT, MODE_SENSITIVITY, N_CHUNKS,
-    _lane_pass,
-)
 from iclgd.models import WEIGHT_NAMES, LSAConfig, attention_products, layer_prefixes
-from iclgd.tasks.inputs import INPUT_LAWS
 
-COMPILE_NOTE = "about a minute on 2 cores"
-_NO_STREAM = np.zeros(5, np.uint64)
-_LOW_64 = (1 << 64) - 1
+N_CHUNKS = 32  # fixed partition of the batch: results are the same on any number of threads
+FAST = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; NaN and inf still propagate
+
+MODE_PREDICT, MODE_GRAD, MODE_SENSITIVITY = 0, 1, 2
 
 
 # --- small dense kernels on D x D matrices and D-vectors ----------------------------------------
@@ -98,6 +94,21 @@ def _gram_apply(e, n_attended, v, out, row_dots):
         for row in range(n_attended):
             acc += row_dots[row] * e[row, k]
         out[k] = acc
+
+
+@njit(cache=True, fastmath=FAST, inline="always")
+def _task_tokens(inputs, weights, b, e):
+    """Write task b's tokens into e (T, D): rows (x_i, w.x_i), then (x_q, 0), labels summed in
+    float64 as task.sample does; return its target w.x_q."""
+    n_tokens, d = inputs.shape[1], inputs.shape[2]
+    label = 0.0
+    for row in range(n_tokens):
+        label = 0.0
+        for k in range(d):
+            e[row, k] = inputs[b, row, k]
+            label += inputs[b, row, k] * weights[b, k]
+        e[row, d] = label if row < n_tokens - 1 else 0.0
+    return label
 
 
 @njit(cache=True, fastmath=FAST, inline="always")
@@ -243,6 +254,131 @@ def _scratch(n_layers, n_heads, dim, n_tokens, dtype_example):
     )
 
 
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _batch_pass(tokens, targets, include_query, p, r, slots, mode):
+    """All tasks: returns (yhat (B,), dP (S, H, D, D), dR, sensitivity (B, D)).
+    mode GRAD uses dL/dyhat = (yhat - y) / B for the half-MSE."""
+    batch, n_tokens, dim = tokens.shape
+    n_attended = n_tokens if include_query else n_tokens - 1
+    n_layers, n_heads = slots.shape[0], p.shape[1]
+    yhat = np.zeros(batch, tokens.dtype)
+    sens = np.zeros((batch, dim), tokens.dtype)
+    n_chunks = min(N_CHUNKS, batch)
+    d_p = np.zeros((n_chunks,) + p.shape, p.dtype)
+    d_r = np.zeros((n_chunks,) + r.shape, r.dtype)
+    for chunk in prange(n_chunks):
+        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, tokens[0, 0])
+        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
+            yhat[b] = _task_pass(tokens[b], n_attended, p, r, slots, mode, targets[b], 1.0 / batch,
+                                 d_p[chunk], d_r[chunk], sens[b], gs, ms, a_rows, u, s, work, vecs)
+    return yhat, d_p.sum(axis=0), d_r.sum(axis=0), sens
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _sampled_grad_pass(weights, inputs, include_query, p, r, slots):
+    """The GRAD pass of _batch_pass on noise-free tasks given as w (B, d) and x (B, N + 1, d)
+    (float64 draws), building each task's tokens (x_i, w.x_i), (x_q, 0) and target w.x_q in
+    the parameters' dtype on the fly.  Returns (yhat, dP, dR, targets)."""
+    batch, n_tokens, d = inputs.shape
+    dim = d + 1
+    n_attended = n_tokens if include_query else n_tokens - 1
+    n_layers, n_heads = slots.shape[0], p.shape[1]
+    yhat = np.zeros(batch, p.dtype)
+    targets = np.zeros(batch, p.dtype)
+    n_chunks = min(N_CHUNKS, batch)
+    d_p = np.zeros((n_chunks,) + p.shape, p.dtype)
+    d_r = np.zeros((n_chunks,) + r.shape, r.dtype)
+    for chunk in prange(n_chunks):
+        e = np.zeros((n_tokens, dim), p.dtype)
+        sens = np.zeros(dim, p.dtype)
+        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, e[0])
+        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
+            targets[b] = _task_tokens(inputs, weights, b, e)
+            yhat[b] = _task_pass(e, n_attended, p, r, slots, MODE_GRAD, targets[b], 1.0 / batch, d_p[chunk], d_r[chunk],
+                                 sens, gs, ms, a_rows, u, s, work, vecs)
+    return yhat, d_p.sum(axis=0), d_r.sum(axis=0), targets
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _one_layer_sampled_grad_pass(weights, inputs, include_query, p, r):
+    """The training hot path for one layer: _sampled_grad_pass with the one-layer algebra
+    written out (no G: v G = (v C^T) C), about 800 multiply-adds a task.
+
+    Per task, a = (x_q, 0); per head u = a P_h, s = (u C^T) C, yhat = -(s R_h)[d];
+    with c = (yhat - y) / B:  dR_h[:, d] += -c s,  sbar = -c R_h[:, d],  ubar = (sbar C^T) C,
+    dP_h += a^T ubar."""
+    batch, n_tokens, d = inputs.shape
+    dim, n_heads = d + 1, p.shape[1]
+    n_attended = n_tokens if include_query else n_tokens - 1
+    dtype = p.dtype
+    yhat = np.zeros(batch, dtype)
+    targets = np.zeros(batch, dtype)
+    n_chunks = min(N_CHUNKS, batch)
+    d_p = np.zeros((n_chunks, n_heads, dim, dim), dtype)
+    d_r = np.zeros((n_chunks, n_heads, dim), dtype)
+    for chunk in prange(n_chunks):
+        e = np.zeros((n_tokens, dim), dtype)
+        u = np.zeros((n_heads, dim), dtype)
+        s = np.zeros((n_heads, dim), dtype)
+        dots = np.zeros(n_tokens, dtype)
+        sbar = np.zeros(dim, dtype)
+        ubar = np.zeros(dim, dtype)
+        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
+            targets[b] = _task_tokens(inputs, weights, b, e)
+            q = e[n_tokens - 1]
+            out = 0.0
+            for h in range(n_heads):
+                for j in range(dim):  # u = q P_h (row-major: the inner loop walks a row of P)
+                    u[h, j] = 0.0
+                for k in range(dim):
+                    for j in range(dim):
+                        u[h, j] += q[k] * p[0, h, k, j]
+                _gram_apply(e, n_attended, u[h], s[h], dots)
+                for k in range(dim):
+                    out += s[h, k] * r[0, h, k, d]
+            yhat[b] = -(q[d] + out)
+            c = (yhat[b] - targets[b]) / batch
+            for h in range(n_heads):
+                for k in range(dim):
+                    d_r[chunk, h, k] -= c * s[h, k]
+                    sbar[k] = -c * r[0, h, k, d]
+                _gram_apply(e, n_attended, sbar, ubar, dots)
+                _add_outer(d_p[chunk, h], q, ubar)
+    full_d_r = np.zeros((1, n_heads, dim, dim), dtype)
+    full_d_r[0, :, :, d] = d_r.sum(axis=0)
+    return yhat, d_p.sum(axis=0).reshape((1, n_heads, dim, dim)), full_d_r, targets
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _layer_maps(tokens, include_query, p, r, slots):
+    """Every layer's M_l (B, K, D, D), for ``forward``: E_{l+1} = E_l M_l."""
+    batch, n_tokens, dim = tokens.shape
+    n_attended = n_tokens if include_query else n_tokens - 1
+    n_layers, n_heads = slots.shape[0], p.shape[1]
+    maps = np.zeros((batch, n_layers, dim, dim), tokens.dtype)
+    for b in prange(batch):
+        g = np.zeros((dim, dim), tokens.dtype)
+        t1 = np.zeros((dim, dim), tokens.dtype)
+        t2 = np.zeros((dim, dim), tokens.dtype)
+        for i in range(dim):
+            for j in range(dim):
+                acc = 0.0
+                for row in range(n_attended):
+                    acc += tokens[b, row, i] * tokens[b, row, j]
+                g[i, j] = acc
+        for layer in range(n_layers):
+            m = maps[b, layer]
+            for i in range(dim):
+                m[i, i] = 1.0
+            for h in range(n_heads):
+                _mm(p[slots[layer], h], g, t1)
+                _mm(t1, r[slots[layer], h], t2)
+                m += t2
+            _mm(g, m, t1)
+            _mm(m.T, t1, g)
+    return maps
+
+
 # --- the backend ------------------------------------------------------------------------------------
 
 
@@ -269,36 +405,29 @@ def _weight_grads(params: dict, prefixes: list[str], d_p: np.ndarray, d_r: np.nd
 
 def _entry_kernels():
     """The kernels the backend calls from Python (the others are compiled into them)."""
-    return (_lane_pass,)
+    return (_batch_pass, _sampled_grad_pass, _one_layer_sampled_grad_pass, _layer_maps)
 
 
 def uncached_kernels() -> list[str]:
     """Names of the entry kernels with no compiled copy in numba's on-disk cache yet.
 
     Every kernel is compiled with ``cache=True``: the first process on a machine compiles them
-    (COMPILE_NOTE) and writes them next to their source file (``__pycache__``, or numba's user
-    cache when that folder is read-only); later processes load them in well under a second.
-    A kernel's index file is ``<source module>.<kernel>-<line>.pyXY.nbi``."""
+    (about a minute on 2 cores) and writes them next to this file (``__pycache__``, or numba's
+    user cache when that folder is read-only); later processes load them in well under a second."""
     missing = []
     for kernel in _entry_kernels():
         cache = getattr(kernel, "_cache", None)
         folder = Path(getattr(cache, "cache_path", "") or "")
         name = kernel.py_func.__name__
-        if not folder.is_dir() or not any(folder.glob(f"*.{name}-*.nbi")):
+        if not folder.is_dir() or not any(folder.glob(f"numba_backend.{name}-*.nbi")):
             missing.append(name)
     return missing
 
 
-def _float64_input(array: np.ndarray) -> np.ndarray:
-    """The kernel's view of tokens or targets: float64, C-contiguous and writeable (one
-    compiled specialisation for every input; float32 values convert to float64 exactly)."""
-    return np.require(array, np.float64, ("C", "A", "W"))
-
-
 class NumbaBackend(Backend):
     """Compiled, batch-parallel backend: the public methods of ``Backend`` validate the inputs,
-    these run the kernel (iclgd.backends.numba_lanes).  Constructing it says on stderr when the
-    kernel is not in numba's disk cache yet, i.e. when the first call will compile it."""
+    these run the kernels above.  Constructing it says on stderr when the kernels are not in
+    numba's disk cache yet, i.e. when the first calls will compile them."""
 
     name = "numba"
 
@@ -307,79 +436,47 @@ class NumbaBackend(Backend):
         if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
             os.environ["GOMP_SPINCOUNT"] = "10000"
         if uncached_kernels():
-            print(f"iclgd: compiling the numba kernels for this machine (once, {COMPILE_NOTE}); "
+            print("iclgd: compiling the numba kernels for this machine (once, about a minute on 2 cores); "
                   "later runs load them from numba's disk cache", file=sys.stderr)
 
     def _run(self, cfg, params, tokens, targets, mode):
-        """The kernel on given tokens: (yhat, dP, dR, sensitivity, maps, prefixes)."""
         p, r, slots, prefixes = _products(cfg, params)
-        no_weights = np.zeros((tokens.shape[0], 0))
-        yhat, d_p, d_r, sens, maps, _ = _kernel(_float64_input(tokens), no_weights, _float64_input(targets), LOAD_TOKENS,
-                                                _NO_STREAM, 0.0, 0.0, cfg.include_query, p, r, slots, mode)
-        return yhat, d_p, d_r, sens, maps, prefixes
+        yhat, d_p, d_r, sens = _batch_pass(np.ascontiguousarray(tokens), targets, cfg.include_query, p, r, slots, mode)
+        return yhat, d_p, d_r, sens, prefixes
 
     def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
-        """Every layer's tokens [E_0, ..., E_K], each (B, N + 1, d + 1): E_{l+1} = E_l M_l."""
-        maps = self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_MAPS)[4]
+        """Every layer's tokens [E_0, ..., E_K], each (B, N + 1, d + 1)."""
+        p, r, slots, _ = _products(cfg, params)
+        maps = _layer_maps(np.ascontiguousarray(tokens), cfg.include_query, p, r, slots)
         states = [tokens]
         for layer in range(cfg.n_layers):
             states.append(states[-1] @ maps[:, layer])
         return states
 
     def _predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_PREDICT)[0]
+        dummy = np.zeros(tokens.shape[0], tokens.dtype)
+        return self._run(cfg, params, tokens, dummy, MODE_PREDICT)[0]
 
     def _loss_and_grad(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        yhat, d_p, d_r, _, _, prefixes = self._run(cfg, params, tokens, targets, MODE_GRAD)
+        yhat, d_p, d_r, _, prefixes = self._run(cfg, params, tokens, targets, MODE_GRAD)
         return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
 
     def _sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_SENSITIVITY)[3][:, :-1]
+        dummy = np.zeros(tokens.shape[0], tokens.dtype)
+        return self._run(cfg, params, tokens, dummy, MODE_SENSITIVITY)[3][:, :-1]
 
     def _sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
         """Noise-free float64 tasks: the same draws as ``task.sample`` (w, then x), with labels,
-        tokens and the gradient built in one compiled pass (the draws are rounded to cfg.dtype
-        there); uniform inputs on NumPy's PCG64 are drawn inside that pass too (``_pcg64_stream``).
-        Other tasks go through ``task.sample``."""
+        tokens and the gradient built in one compiled pass; other tasks go through ``task.sample``."""
         if task.noise_std > 0 or task.n_distractors > 0 or task.dtype != "float64":
             return super()._sample_loss_and_grad(cfg, task, params, batch_size, rng)
+        weights, inputs = task.draw_weights_and_inputs(batch_size, rng)
         p, r, slots, prefixes = _products(cfg, params)
-        n_inputs = (batch_size, task.n_context + 1, task.d)
-        low, high = -task.x_scale, task.x_scale
-        if INPUT_LAWS[task.x_distribution].standard == "uniform" and type(rng.bit_generator) is np.random.PCG64:
-            weights = task.w_scale * rng.standard_normal((batch_size, task.d))  # draw_weights_and_inputs' first draw
-            stream = _pcg64_stream(rng, int(np.prod(n_inputs)))
-            source, load = np.zeros((0,) + n_inputs[1:]), LOAD_PCG64
+        if cfg.n_layers == 1:
+            yhat, d_p, d_r, targets = _one_layer_sampled_grad_pass(weights, inputs, cfg.include_query, p, r)
         else:
-            weights, source = task.draw_weights_and_inputs(batch_size, rng)
-            stream, load = _NO_STREAM, LOAD_INPUTS
-        yhat, d_p, d_r, _, _, targets = _kernel(source, weights, np.zeros(0), load, stream, low, high - low,
-                                                cfg.include_query, p, r, slots, MODE_GRAD)
+            yhat, d_p, d_r, targets = _sampled_grad_pass(weights, inputs, cfg.include_query, p, r, slots)
         return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
-
-
-def _kernel(source, weights, targets_in, load, stream, low, span, include_query, p, r, slots, mode):
-    """_lane_pass with its outputs allocated here: (yhat (B,), dP (S, H, D, D), dR, sensitivity
-    (B or 0, D), maps (B or 0, K, D, D), targets (B,)); the chunks' gradients added in order."""
-    batch, n_layers, dim, dtype = weights.shape[0], slots.shape[0], p.shape[2], p.dtype
-    yhat, targets = np.zeros(batch, dtype), np.zeros(batch, dtype)
-    sens = np.zeros((batch if mode == MODE_SENSITIVITY else 0, dim), dtype)
-    maps = np.zeros((batch if mode == MODE_MAPS else 0, n_layers, dim, dim), dtype)
-    d_p = np.zeros((min(N_CHUNKS, batch),) + p.shape, dtype)
-    d_r = np.zeros_like(d_p)
-    _lane_pass(source, weights, targets_in, load, stream, low, span, include_query, p, r, slots, mode,
-               numba.config.NUMBA_NUM_THREADS, yhat, targets, sens, maps, d_p, d_r)
-    return yhat, d_p.sum(axis=0), d_r.sum(axis=0), sens, maps, targets
-
-
-def _pcg64_stream(rng: np.random.Generator, n_draws: int) -> np.ndarray:
-    """The state and increment of rng's PCG64 as uint64 halves, and a zero: (s_hi, s_lo, c_hi,
-    c_lo, 0), for the kernel to draw ``rng.uniform``'s next n_draws numbers itself; rng is
-    advanced past them, as if it had drawn them."""
-    state = rng.bit_generator.state["state"]
-    words = [state["state"] >> 64, state["state"] & _LOW_64, state["inc"] >> 64, state["inc"] & _LOW_64, 0]
-    rng.bit_generator.advance(n_draws)
-    return np.array(words, np.uint64)
 
 
 def set_threads(n: int) -> None:
