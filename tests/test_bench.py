@@ -174,6 +174,7 @@ def load_authors_step(monkeypatch):
     return module
 
 
+@pytest.mark.slow  # compiles the authors' jax step for every case (~15 s)
 @pytest.mark.parametrize("n_layers, n_heads", [(1, 1), (3, 2)])
 def test_the_authors_formulation_computes_the_oracles_model(n_layers, n_heads, monkeypatch):
     pytest.importorskip("jax")

@@ -231,6 +231,7 @@ def test_scans_are_powers_of_two_that_add_up_to_the_call(n_steps, longest):
     assert lengths == sorted(lengths, reverse=True)
 
 
+@pytest.mark.slow  # ~30 s of jax compilation; the default suite keeps the fifty-step parity with the host loop
 def test_training_stops_at_the_first_non_finite_update_as_the_host_loop_does():
     # a rate of 1e306 sends the params to ~1e306 in one update; the next loss overflows
     config = run_config(lr=1e306, clip_norm=None, schedule="constant")
@@ -247,6 +248,7 @@ def test_zero_steps_leave_the_state_alone():
     assert JaxTransformerTrainer(config).advance(state, 0) == (state, [])
 
 
+@pytest.mark.slow  # ~30 s of jax compilation; the default suite keeps the fifty-step parity with the host loop
 def test_float32_training_stays_in_float32_and_near_the_float64_run():
     config64, config32 = run_config(), run_config("float32")
     state64, _ = JaxTransformerTrainer(config64).advance(fresh_state(config64), 20)
