@@ -62,16 +62,11 @@ from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.models.stack import StackConfig, init_params
 from iclgd.streams import batch_rng
 from iclgd.tasks import LinearRegressionTask, resolve_x_scale
-from iclgd.train.stack_training import train_stack
+from iclgd.train.stack_training import fastest_engine, train_stack
 
 KINDS = ("linear", "linear-ln", "softmax", "softmax-ln")
 
 
-def default_engine() -> str:
-    """jax when jax and optax are installed (faster for these small dense models), else numpy."""
-    import importlib.util
-
-    return "jax" if all(importlib.util.find_spec(m) is not None for m in ("jax", "optax")) else "numpy"
 
 
 @dataclass(frozen=True)
@@ -92,7 +87,7 @@ class AttentionKindsSetting(Setting):
     checkpoint_every: int = 500
     x_scale: float | str = 1.0
     seed: int = 0
-    backend: str = field(default_factory=default_engine)
+    backend: str = field(default_factory=fastest_engine)
     val_tasks: int = 10_000
     tune_tasks: int = 20_000
     smoke: bool = False

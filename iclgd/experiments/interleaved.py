@@ -76,7 +76,6 @@ interleaved_copy.png and interleaved_loss.png.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -91,6 +90,7 @@ from iclgd.evaluate import stream, tune_gd_eta
 from iclgd.experiments.output import (
     ClaimRow, announce, eta_check, finite_check, fmt, x_scale_name, zero_predictor_loss,
 )
+from iclgd.train.stack_training import fastest_engine
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.tasks import LinearRegressionTask, resolve_x_scale
 from iclgd.tokens import classic
@@ -119,10 +119,6 @@ SMOKE_DROP = 0.10  # training lowers the evaluation loss by at least 10 % (the -
 FIGURES = {"attention": "interleaved_attention.png", "copy": "interleaved_copy.png", "loss": "interleaved_loss.png"}
 
 
-def fastest_engine() -> str:
-    """jax when jax and optax are installed, else numpy (the stack has no numba engine)."""
-    found = all(importlib.util.find_spec(name) is not None for name in ("jax", "optax"))
-    return "jax" if found else "numpy"
 
 
 @dataclass(frozen=True)

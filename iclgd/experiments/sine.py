@@ -63,6 +63,7 @@ import numpy as np
 from iclgd import metrics, plots, streams
 from iclgd._checks import finite_float, float_dtype, nonnegative_int, positive_int
 from iclgd.experiments.output import ClaimRow, announce, beats_zero_check, finite_check, fmt, zero_predictor_loss
+from iclgd.train.stack_training import fastest_engine
 from iclgd.experiments.skeleton import Experiment, Measured, Setting
 from iclgd.models.stack import StackConfig, init_params, param_shapes
 from iclgd.tasks.sine import DRAWS, SineBatch, SineRegressionTask
@@ -91,11 +92,6 @@ CURVE_POINTS = 201
 FIGURES = {"loss": "sine_loss.png", "alignment": "sine_alignment.png", "curves": "sine_curves.png"}
 
 
-def fastest_engine() -> str:
-    """The fastest installed training engine of train_stack: "jax" (with optax), else "numpy"."""
-    import importlib.util
-
-    return "jax" if all(importlib.util.find_spec(name) is not None for name in ("jax", "optax")) else "numpy"
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,14 @@ HISTORY_FILE = "history.json"
 ENGINES = ("numpy", "jax")
 
 
+def fastest_engine() -> str:
+    """The faster installed engine of train_stack: "jax" when jax and optax are installed (the
+    stack has no numba engine), else "numpy"."""
+    import importlib.util
+
+    return "jax" if all(importlib.util.find_spec(name) is not None for name in ("jax", "optax")) else "numpy"
+
+
 # --- what a run is ----------------------------------------------------------------------------------------
 
 
