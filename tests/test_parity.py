@@ -409,6 +409,46 @@ def test_float32_outputs_agree_with_the_float32_oracle_as_before(name):
     agrees()
 
 
+# --- deep and wide LSAs: every path of the numba kernel -------------------------------------------
+
+#: (config, N, B): up to five layers and three heads, tied or not, the query attended or not;
+#: with 4 H < D (numba's rank-2H path for layer K - 2) and without, and key size != value size
+DEEP_AND_WIDE = [
+    (iclgd.LSAConfig(d=4, n_layers=5, n_heads=3, include_query=True), 5, 9),
+    (iclgd.LSAConfig(d=6, n_layers=5, n_heads=1, tied=True), 7, 70),
+    (iclgd.LSAConfig(d=9, n_layers=4, n_heads=2, key_size=4, value_size=7, include_query=True), 4, 40),
+    (iclgd.LSAConfig(d=12, n_layers=2, n_heads=3, tied=True, include_query=True), 3, 5),
+]
+
+
+def deep_and_wide_params():
+    return [pytest.param(cfg, n, b, id=f"{cfg.n_layers}layers-{cfg.n_heads}heads-d{cfg.d}{'-tied' if cfg.tied else ''}"
+                                          f"{'-query' if cfg.include_query else ''}") for cfg, n, b in DEEP_AND_WIDE]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cfg, n_context, batch_size", deep_and_wide_params())
+@pytest.mark.parametrize("name", backend_params(["numba"]))
+def test_every_output_of_deep_and_wide_models_agrees_with_the_oracle(name, cfg, n_context, batch_size, dtype):
+    """As test_every_output_agrees_with_the_oracle_in_*_on_drawn_configs (float64 to 1e-9 of each
+    tensor's scale; float32 to 1e-4 of the exact answer or FLOAT32_SLACK times the float32
+    oracle's own error), on models deeper and wider than the drawn ones; a failure names the tensor."""
+    cfg = dataclasses.replace(cfg, dtype=dtype)
+    rng = np.random.default_rng(cfg.n_layers * 10 + cfg.n_heads)
+    std = 0.3 if cfg.n_layers <= 2 else 0.1  # deeper models grow like |tokens|^(3^K): smaller weights keep float32 finite
+    params = {k: (std * rng.standard_normal(v)).astype(dtype) for k, v in iclgd.param_shapes(cfg).items()}
+    batch = iclgd.LinearRegressionTask(d=cfg.d, n_context=n_context).sample(batch_size, 1)
+    got, expected = all_outputs(iclgd.get_backend(name), cfg, params, batch), all_outputs(oracle, cfg, params, batch)
+    check_dtypes(arrays_of(got), dtype)
+    if dtype == "float64":
+        check_all(paired(got, expected), rtol=1e-9)
+        return
+    exact = all_outputs(oracle, *exact_float64(cfg, params, batch))
+    oracle_error = {key: np.max(np.abs(np.asarray(expected[key], np.float64) - exact[key])) for key in exact}
+    check_all({key: (ours, truth, FLOAT32_SLACK * oracle_error[key]) for key, (ours, truth) in paired(got, exact).items()},
+              rtol=ORACLE_RTOL[dtype])
+
+
 # --- hypothesis-drawn transformers ----------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ and ``R_h = W_v[h] W_o[h]`` (D x D), C the attended rows; so with the Gram matri
 
 Per task, the whole forward pass runs on D x D matrices; N enters only in G_0 = C_0^T C_0.
 The last layer is read at the query row a only:  a_K = a + sum_h (a P_h) G R_h,
-yhat = -a_K[d].  A one-layer step at B = 2048, N = d = 10 drops from ~77 to ~4 MFLOP.
+yhat = -a_K[d].
 
 Backward, per task (bars are dL/d.; G symmetric; upstream abar, Gbar of layer l + 1):
 
@@ -23,9 +23,38 @@ Backward, per task (bars are dL/d.; G symmetric; upstream abar, Gbar of layer l 
 
 and finally dW_q = dP W_k, dW_k = dP^T W_q, dW_v = dR W_o^T, dW_o = W_v^T dR per head.
 
+The kernel (iclgd.backends.numba_lanes, its docstring has the details) computes this for
+blocks of LANES = 64 tasks at once, the task index innermost in every per-task array ("tasks
+as SIMD lanes"), and drops the work that is not needed: only the y column of the last R, the
+identity part of M never multiplied, symmetric matrices as lower triangles, no dL/dE_0 in
+training, and, when 4 H < D, neither G_{K-1} nor W_{K-2} = G_{K-2} M_{K-2}: the last layer's
+Gbar has rank 2H, so G_{K-1} enters only through products with the last layer's vectors.
+One kernel serves predict, loss_and_grad, sensitivity, forward (the layer maps M_l) and the
+training step, in float32 and float64 (two compiled specialisations in all).
+
+FLOPs (2 per multiply-add, ``step_flops``) of one task's training step, labels included:
+
+    K = 1:  2 [(N+1) d + N_k D(D+1)/2 + H (4 D^2 + 3 D)]
+    K > 1:  the above's labels and G_0, per full layer l < K - 1:  2 H D^3 + D^2 (X, Y, a')
+            + D^3 + D^2(D+1)/2 (W, G') unless l = K - 2 with 4 H < D; then the last layer and
+            the backward of every layer (``step_flops`` spells out each term).
+
+At d = N = 10 (D = 11), one head: K = 1: 2.6 kFLOP a task (5.3 MFLOP a step of B = 2048);
+K = 3: 42.0 kFLOP a task (86 MFLOP a step); the per-task code this replaces did about
+0.8 and 50 thousand multiply-adds (3.3 and 205 MFLOP a step).
+
+Training draws: ``_sample_loss_and_grad`` draws w with NumPy (``task.sample``'s first draw),
+then lets the kernel draw the inputs x ~ U(-a, a) itself from the same PCG64 stream, each
+chunk jumping ahead to its tasks (bit for bit ``rng.uniform``'s numbers; ``_pcg64_stream``),
+so that the largest draw of the step is parallel and never stored.
+
 Parallelism: the batch is cut into a fixed number of chunks (not the thread count), each
-chunk sums its tasks' gradients in order, and the chunks are added in order; so results do
-not depend on the number of threads.  Tests hold every function to the oracle.
+chunk adds its blocks' gradients per lane and then its lanes in a fixed order, and the
+chunks are added in order; so results do not depend on the number of threads.  Tests hold
+every function to the oracle.
+
+``_task_pass`` and its helpers below are the per-task pass this backend used before the lane
+kernel; iclgd.backends.numba_philox builds its fused Philox-stream kernel on them.
 
 Threads: numba's OpenMP layer (libgomp) lets idle threads spin for a long while before they
 sleep, which slows a step when another process shares the cores.  Constructing a NumbaBackend
@@ -44,15 +73,20 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from iclgd._checks import positive_int
 from iclgd.backends.base import Backend
+from iclgd.backends.numba_lanes import (  # N_CHUNKS, MODE_GRAD, FAST: also numba_philox's
+    FAST, LOAD_PCG64, LOAD_TOKENS, MODE_GRAD, MODE_MAPS, MODE_PREDICT, MODE_SENSITIVITY, N_CHUNKS,
+    _lane_pass,
+)
 from iclgd.models import WEIGHT_NAMES, LSAConfig, attention_products, layer_prefixes
+from iclgd.tasks.inputs import INPUT_LAWS
 
-N_CHUNKS = 32  # fixed partition of the batch: results are the same on any number of threads
-FAST = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; NaN and inf still propagate
-
-MODE_PREDICT, MODE_GRAD, MODE_SENSITIVITY = 0, 1, 2
+COMPILE_NOTE = "about a minute for each dtype used, float32 and float64"
+_NO_STREAM = np.zeros(5, np.uint64)
+_LOW_64 = (1 << 64) - 1
 
 
 # --- small dense kernels on D x D matrices and D-vectors ----------------------------------------
@@ -94,21 +128,6 @@ def _gram_apply(e, n_attended, v, out, row_dots):
         for row in range(n_attended):
             acc += row_dots[row] * e[row, k]
         out[k] = acc
-
-
-@njit(cache=True, fastmath=FAST, inline="always")
-def _task_tokens(inputs, weights, b, e):
-    """Write task b's tokens into e (T, D): rows (x_i, w.x_i), then (x_q, 0), labels summed in
-    float64 as task.sample does; return its target w.x_q."""
-    n_tokens, d = inputs.shape[1], inputs.shape[2]
-    label = 0.0
-    for row in range(n_tokens):
-        label = 0.0
-        for k in range(d):
-            e[row, k] = inputs[b, row, k]
-            label += inputs[b, row, k] * weights[b, k]
-        e[row, d] = label if row < n_tokens - 1 else 0.0
-    return label
 
 
 @njit(cache=True, fastmath=FAST, inline="always")
@@ -254,131 +273,6 @@ def _scratch(n_layers, n_heads, dim, n_tokens, dtype_example):
     )
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def _batch_pass(tokens, targets, include_query, p, r, slots, mode):
-    """All tasks: returns (yhat (B,), dP (S, H, D, D), dR, sensitivity (B, D)).
-    mode GRAD uses dL/dyhat = (yhat - y) / B for the half-MSE."""
-    batch, n_tokens, dim = tokens.shape
-    n_attended = n_tokens if include_query else n_tokens - 1
-    n_layers, n_heads = slots.shape[0], p.shape[1]
-    yhat = np.zeros(batch, tokens.dtype)
-    sens = np.zeros((batch, dim), tokens.dtype)
-    n_chunks = min(N_CHUNKS, batch)
-    d_p = np.zeros((n_chunks,) + p.shape, p.dtype)
-    d_r = np.zeros((n_chunks,) + r.shape, r.dtype)
-    for chunk in prange(n_chunks):
-        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, tokens[0, 0])
-        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
-            yhat[b] = _task_pass(tokens[b], n_attended, p, r, slots, mode, targets[b], 1.0 / batch,
-                                 d_p[chunk], d_r[chunk], sens[b], gs, ms, a_rows, u, s, work, vecs)
-    return yhat, d_p.sum(axis=0), d_r.sum(axis=0), sens
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def _sampled_grad_pass(weights, inputs, include_query, p, r, slots):
-    """The GRAD pass of _batch_pass on noise-free tasks given as w (B, d) and x (B, N + 1, d)
-    (float64 draws), building each task's tokens (x_i, w.x_i), (x_q, 0) and target w.x_q in
-    the parameters' dtype on the fly.  Returns (yhat, dP, dR, targets)."""
-    batch, n_tokens, d = inputs.shape
-    dim = d + 1
-    n_attended = n_tokens if include_query else n_tokens - 1
-    n_layers, n_heads = slots.shape[0], p.shape[1]
-    yhat = np.zeros(batch, p.dtype)
-    targets = np.zeros(batch, p.dtype)
-    n_chunks = min(N_CHUNKS, batch)
-    d_p = np.zeros((n_chunks,) + p.shape, p.dtype)
-    d_r = np.zeros((n_chunks,) + r.shape, r.dtype)
-    for chunk in prange(n_chunks):
-        e = np.zeros((n_tokens, dim), p.dtype)
-        sens = np.zeros(dim, p.dtype)
-        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, e[0])
-        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
-            targets[b] = _task_tokens(inputs, weights, b, e)
-            yhat[b] = _task_pass(e, n_attended, p, r, slots, MODE_GRAD, targets[b], 1.0 / batch, d_p[chunk], d_r[chunk],
-                                 sens, gs, ms, a_rows, u, s, work, vecs)
-    return yhat, d_p.sum(axis=0), d_r.sum(axis=0), targets
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def _one_layer_sampled_grad_pass(weights, inputs, include_query, p, r):
-    """The training hot path for one layer: _sampled_grad_pass with the one-layer algebra
-    written out (no G: v G = (v C^T) C), about 800 multiply-adds a task.
-
-    Per task, a = (x_q, 0); per head u = a P_h, s = (u C^T) C, yhat = -(s R_h)[d];
-    with c = (yhat - y) / B:  dR_h[:, d] += -c s,  sbar = -c R_h[:, d],  ubar = (sbar C^T) C,
-    dP_h += a^T ubar."""
-    batch, n_tokens, d = inputs.shape
-    dim, n_heads = d + 1, p.shape[1]
-    n_attended = n_tokens if include_query else n_tokens - 1
-    dtype = p.dtype
-    yhat = np.zeros(batch, dtype)
-    targets = np.zeros(batch, dtype)
-    n_chunks = min(N_CHUNKS, batch)
-    d_p = np.zeros((n_chunks, n_heads, dim, dim), dtype)
-    d_r = np.zeros((n_chunks, n_heads, dim), dtype)
-    for chunk in prange(n_chunks):
-        e = np.zeros((n_tokens, dim), dtype)
-        u = np.zeros((n_heads, dim), dtype)
-        s = np.zeros((n_heads, dim), dtype)
-        dots = np.zeros(n_tokens, dtype)
-        sbar = np.zeros(dim, dtype)
-        ubar = np.zeros(dim, dtype)
-        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
-            targets[b] = _task_tokens(inputs, weights, b, e)
-            q = e[n_tokens - 1]
-            out = 0.0
-            for h in range(n_heads):
-                for j in range(dim):  # u = q P_h (row-major: the inner loop walks a row of P)
-                    u[h, j] = 0.0
-                for k in range(dim):
-                    for j in range(dim):
-                        u[h, j] += q[k] * p[0, h, k, j]
-                _gram_apply(e, n_attended, u[h], s[h], dots)
-                for k in range(dim):
-                    out += s[h, k] * r[0, h, k, d]
-            yhat[b] = -(q[d] + out)
-            c = (yhat[b] - targets[b]) / batch
-            for h in range(n_heads):
-                for k in range(dim):
-                    d_r[chunk, h, k] -= c * s[h, k]
-                    sbar[k] = -c * r[0, h, k, d]
-                _gram_apply(e, n_attended, sbar, ubar, dots)
-                _add_outer(d_p[chunk, h], q, ubar)
-    full_d_r = np.zeros((1, n_heads, dim, dim), dtype)
-    full_d_r[0, :, :, d] = d_r.sum(axis=0)
-    return yhat, d_p.sum(axis=0).reshape((1, n_heads, dim, dim)), full_d_r, targets
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def _layer_maps(tokens, include_query, p, r, slots):
-    """Every layer's M_l (B, K, D, D), for ``forward``: E_{l+1} = E_l M_l."""
-    batch, n_tokens, dim = tokens.shape
-    n_attended = n_tokens if include_query else n_tokens - 1
-    n_layers, n_heads = slots.shape[0], p.shape[1]
-    maps = np.zeros((batch, n_layers, dim, dim), tokens.dtype)
-    for b in prange(batch):
-        g = np.zeros((dim, dim), tokens.dtype)
-        t1 = np.zeros((dim, dim), tokens.dtype)
-        t2 = np.zeros((dim, dim), tokens.dtype)
-        for i in range(dim):
-            for j in range(dim):
-                acc = 0.0
-                for row in range(n_attended):
-                    acc += tokens[b, row, i] * tokens[b, row, j]
-                g[i, j] = acc
-        for layer in range(n_layers):
-            m = maps[b, layer]
-            for i in range(dim):
-                m[i, i] = 1.0
-            for h in range(n_heads):
-                _mm(p[slots[layer], h], g, t1)
-                _mm(t1, r[slots[layer], h], t2)
-                m += t2
-            _mm(g, m, t1)
-            _mm(m.T, t1, g)
-    return maps
-
-
 # --- the backend ------------------------------------------------------------------------------------
 
 
@@ -403,31 +297,72 @@ def _weight_grads(params: dict, prefixes: list[str], d_p: np.ndarray, d_r: np.nd
     return grads
 
 
+def step_flops(n_layers: int, n_heads: int, d: int, n_context: int, include_query: bool) -> int:
+    """FLOPs (2 per multiply-add) of one task's training step in the lane kernel: the labels
+    w.x_i, G_0, the forward and the backward exactly as numba_lanes computes them (plain
+    additions, copies and the PCG64 draws not counted).  A step of B tasks costs B times this."""
+    layers, heads = positive_int("n_layers", n_layers), positive_int("n_heads", n_heads)
+    d, n_context = positive_int("d", d), positive_int("n_context", n_context)
+    if not isinstance(include_query, (bool, np.bool_)):
+        raise ValueError(f"include_query must be a bool; got {include_query!r}")
+    dim = d + 1
+    cube, square, triangle = dim**3, dim**2, dim * (dim + 1) // 2
+    low_rank = layers > 1 and 4 * heads < dim  # numba_lanes: G_{K-1}, W_{K-2} never formed
+    macs = (n_context + 1) * d + (n_context + int(include_query)) * triangle  # labels, G_0
+    for layer in range(layers - 1):  # forward of the full layers: X_h, Y, a' (and W, G')
+        macs += 2 * heads * cube + square
+        if not (low_rank and layer == layers - 2):
+            macs += cube + dim * triangle
+    vector_products = 3 if low_rank else 1  # s = u G_{K-1}, ubar = G_{K-1} sbar: 1 or 3 products
+    macs += heads * ((1 + vector_products) * square + dim)  # last layer: u, s, yhat
+    macs += heads * (2 * dim + (vector_products + 1) * square)  # sbar, dR's column, ubar, dP
+    if layers > 1:
+        macs += heads * square  # abar += P ubar
+        if not low_rank:
+            macs += heads * 2 * square  # Gbar, symmetrised
+    for layer in range(layers - 2, -1, -1):
+        carry = layer > 0  # dL/dE_0 is not needed in training
+        if low_rank and layer == layers - 2:
+            macs += 2 * heads * square + square + (2 * heads * square if carry else 0)  # Mbar; Gbar'
+        else:
+            macs += cube + square + ((cube + dim * triangle) if carry else 0)  # Mbar; T, Gbar'
+        macs += heads * 3 * cube + (square + heads * cube if carry else 0)  # Q, dP, dR; abar, Z
+    return 2 * macs
+
+
 def _entry_kernels():
     """The kernels the backend calls from Python (the others are compiled into them)."""
-    return (_batch_pass, _sampled_grad_pass, _one_layer_sampled_grad_pass, _layer_maps)
+    return (_lane_pass,)
 
 
 def uncached_kernels() -> list[str]:
     """Names of the entry kernels with no compiled copy in numba's on-disk cache yet.
 
     Every kernel is compiled with ``cache=True``: the first process on a machine compiles them
-    (about a minute on 2 cores) and writes them next to this file (``__pycache__``, or numba's
-    user cache when that folder is read-only); later processes load them in well under a second."""
+    (about a minute for each dtype) and writes them next to their source file (``__pycache__``,
+    or numba's user cache when that folder is read-only); later processes load them in well
+    under a second.
+    A kernel's index file is ``<source module>.<kernel>-<line>.pyXY.nbi``."""
     missing = []
     for kernel in _entry_kernels():
         cache = getattr(kernel, "_cache", None)
         folder = Path(getattr(cache, "cache_path", "") or "")
         name = kernel.py_func.__name__
-        if not folder.is_dir() or not any(folder.glob(f"numba_backend.{name}-*.nbi")):
+        if not folder.is_dir() or not any(folder.glob(f"*.{name}-*.nbi")):
             missing.append(name)
     return missing
 
 
+def _kernel_input(array: np.ndarray, dtype) -> np.ndarray:
+    """Tokens or targets as the kernel takes them: in the weights' dtype, C-contiguous and
+    writeable (one compiled specialisation per dtype, whatever the caller's array)."""
+    return np.require(array, dtype, ("C", "A", "W"))
+
+
 class NumbaBackend(Backend):
     """Compiled, batch-parallel backend: the public methods of ``Backend`` validate the inputs,
-    these run the kernels above.  Constructing it says on stderr when the kernels are not in
-    numba's disk cache yet, i.e. when the first calls will compile them."""
+    these run the kernel (iclgd.backends.numba_lanes).  Constructing it says on stderr when the
+    kernel is not in numba's disk cache yet, i.e. when the first call will compile it."""
 
     name = "numba"
 
@@ -436,47 +371,78 @@ class NumbaBackend(Backend):
         if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
             os.environ["GOMP_SPINCOUNT"] = "10000"
         if uncached_kernels():
-            print("iclgd: compiling the numba kernels for this machine (once, about a minute on 2 cores); "
+            print(f"iclgd: compiling the numba kernels for this machine (once, {COMPILE_NOTE}); "
                   "later runs load them from numba's disk cache", file=sys.stderr)
 
     def _run(self, cfg, params, tokens, targets, mode):
+        """The kernel on given tokens: (yhat, dP, dR, sensitivity, maps, prefixes)."""
         p, r, slots, prefixes = _products(cfg, params)
-        yhat, d_p, d_r, sens = _batch_pass(np.ascontiguousarray(tokens), targets, cfg.include_query, p, r, slots, mode)
-        return yhat, d_p, d_r, sens, prefixes
+        no_weights = np.zeros((tokens.shape[0], 0))
+        yhat, d_p, d_r, sens, maps, _ = _kernel(_kernel_input(tokens, p.dtype), no_weights, _kernel_input(targets, p.dtype),
+                                                LOAD_TOKENS,
+                                                _NO_STREAM, 0.0, 0.0, cfg.include_query, p, r, slots, mode)
+        return yhat, d_p, d_r, sens, maps, prefixes
 
     def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
-        """Every layer's tokens [E_0, ..., E_K], each (B, N + 1, d + 1)."""
-        p, r, slots, _ = _products(cfg, params)
-        maps = _layer_maps(np.ascontiguousarray(tokens), cfg.include_query, p, r, slots)
+        """Every layer's tokens [E_0, ..., E_K], each (B, N + 1, d + 1): E_{l+1} = E_l M_l."""
+        maps = self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_MAPS)[4]
         states = [tokens]
         for layer in range(cfg.n_layers):
             states.append(states[-1] @ maps[:, layer])
         return states
 
     def _predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        dummy = np.zeros(tokens.shape[0], tokens.dtype)
-        return self._run(cfg, params, tokens, dummy, MODE_PREDICT)[0]
+        return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_PREDICT)[0]
 
     def _loss_and_grad(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        yhat, d_p, d_r, _, prefixes = self._run(cfg, params, tokens, targets, MODE_GRAD)
+        yhat, d_p, d_r, _, _, prefixes = self._run(cfg, params, tokens, targets, MODE_GRAD)
         return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
 
     def _sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        dummy = np.zeros(tokens.shape[0], tokens.dtype)
-        return self._run(cfg, params, tokens, dummy, MODE_SENSITIVITY)[3][:, :-1]
+        return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_SENSITIVITY)[3][:, :-1]
 
     def _sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
-        """Noise-free float64 tasks: the same draws as ``task.sample`` (w, then x), with labels,
-        tokens and the gradient built in one compiled pass; other tasks go through ``task.sample``."""
-        if task.noise_std > 0 or task.n_distractors > 0 or task.dtype != "float64":
+        """Noise-free float64 tasks with uniform inputs on NumPy's PCG64 (the training stream): the
+        same numbers as ``task.sample`` (w, then x), w drawn here and x inside the compiled pass,
+        which builds labels, tokens (rounded to cfg.dtype) and the gradient (``_pcg64_stream``).
+        Other tasks and generators go through ``task.sample``."""
+        uniform = INPUT_LAWS[task.x_distribution].standard == "uniform"
+        if (task.noise_std > 0 or task.n_distractors > 0 or task.dtype != "float64" or not uniform
+                or type(rng.bit_generator) is not np.random.PCG64):
             return super()._sample_loss_and_grad(cfg, task, params, batch_size, rng)
-        weights, inputs = task.draw_weights_and_inputs(batch_size, rng)
         p, r, slots, prefixes = _products(cfg, params)
-        if cfg.n_layers == 1:
-            yhat, d_p, d_r, targets = _one_layer_sampled_grad_pass(weights, inputs, cfg.include_query, p, r)
-        else:
-            yhat, d_p, d_r, targets = _sampled_grad_pass(weights, inputs, cfg.include_query, p, r, slots)
+        n_tokens = task.n_context + 1
+        weights = task.w_scale * rng.standard_normal((batch_size, task.d))  # draw_weights_and_inputs' first draw
+        stream = _pcg64_stream(rng, batch_size * n_tokens * task.d)  # and its second, uniform(-a, a)
+        low, high = -task.x_scale, task.x_scale
+        no_tokens, no_targets = np.zeros((0, n_tokens, task.d), p.dtype), np.zeros(0, p.dtype)  # the dtype of the weights
+        yhat, d_p, d_r, _, _, targets = _kernel(no_tokens, weights, no_targets, LOAD_PCG64, stream,
+                                                low, high - low, cfg.include_query, p, r, slots, MODE_GRAD)
         return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
+
+
+def _kernel(source, weights, targets_in, load, stream, low, span, include_query, p, r, slots, mode):
+    """_lane_pass with its outputs allocated here: (yhat (B,), dP (S, H, D, D), dR, sensitivity
+    (B or 0, D), maps (B or 0, K, D, D), targets (B,)); the chunks' gradients added in order."""
+    batch, n_layers, dim, dtype = weights.shape[0], slots.shape[0], p.shape[2], p.dtype
+    yhat, targets = np.zeros(batch, dtype), np.zeros(batch, dtype)
+    sens = np.zeros((batch if mode == MODE_SENSITIVITY else 0, dim), dtype)
+    maps = np.zeros((batch if mode == MODE_MAPS else 0, n_layers, dim, dim), dtype)
+    d_p = np.zeros((min(N_CHUNKS, batch),) + p.shape, dtype)
+    d_r = np.zeros_like(d_p)
+    _lane_pass(source, weights, targets_in, load, stream, low, span, include_query, p, r, slots, mode,
+               numba.config.NUMBA_NUM_THREADS, yhat, targets, sens, maps, d_p, d_r)
+    return yhat, d_p.sum(axis=0), d_r.sum(axis=0), sens, maps, targets
+
+
+def _pcg64_stream(rng: np.random.Generator, n_draws: int) -> np.ndarray:
+    """The state and increment of rng's PCG64 as uint64 halves, and a zero: (s_hi, s_lo, c_hi,
+    c_lo, 0), for the kernel to draw ``rng.uniform``'s next n_draws numbers itself; rng is
+    advanced past them, as if it had drawn them."""
+    state = rng.bit_generator.state["state"]
+    words = [state["state"] >> 64, state["state"] & _LOW_64, state["inc"] >> 64, state["inc"] & _LOW_64, 0]
+    rng.bit_generator.advance(n_draws)
+    return np.array(words, np.uint64)
 
 
 def set_threads(n: int) -> None:
