@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # fresh install every pytest worker, and every subprocess a walkthrough test starts, would
 # compile the same kernels (two minutes of CPU each).  So the first process (xdist's controller,
 # or the only one) starts one warm-up process when the cache is empty; the tests that may reach a
-# numba kernel run last and wait for it; the others run meanwhile.  A test left off the list
-# below still passes: it compiles for itself.
+# numba kernel run last and wait for it; the others run meanwhile.  One process only: numba's
+# cache has no lock (an index is read, extended and rewritten), so two processes compiling the
+# same kernel at once can lose or mix entries; a test that may use numba must wait.
 
 WARMUP_MARKER = "ICLGD_TEST_NUMBA_WARMUP_DONE"  # environment: the file the warm-up writes when it ends
 WARMUP_TIMEOUT_S = 900
@@ -33,10 +35,15 @@ NUMBA_BY_DEFAULT = ("test_backend_choice", "test_bench", "test_cli", "test_guard
                     "test_numba_philox")
 
 
+@functools.lru_cache(maxsize=None)
+def _mentions_numba(path: Path) -> bool:
+    return "numba" in path.read_text(encoding="utf-8")
+
+
 def may_run_numba(item) -> bool:
+    """A test of a module that names numba, or that runs experiments, the CLI or walkthroughs."""
     module = item.path.stem
-    return (module in NUMBA_BY_DEFAULT or module.startswith("test_reproduce")
-            or "numba" in item.nodeid.lower() or "philox" in item.nodeid.lower())
+    return module in NUMBA_BY_DEFAULT or module.startswith("test_reproduce") or _mentions_numba(item.path)
 
 
 def _numba_uncached() -> bool:
