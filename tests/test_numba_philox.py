@@ -1,10 +1,10 @@
 """The Philox data stream of the numba backend (iclgd.backends.numba_philox), as a specification:
 the generator is Philox4x32-10 (known-answer vectors; the algorithm's structure held to NumPy's
 Philox4x64), its uniforms and normals have the right laws, a batch has the task family's
-moments, a task depends on (seed, step, task index) alone, and the fused gradient pass equals
+moments, a task depends on (seed, step, task index) alone, and the gradient on a batch equals
 the NumPy oracle on the same draws."""
+import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ from strategies import random_params
 numba = pytest.importorskip("numba", reason="the Philox stream needs the numba extra: pip install 'iclgd[numba]'")
 
 import iclgd  # noqa: E402
-from iclgd.backends import numba_backend, numba_philox  # noqa: E402
+from iclgd.backends import numba_philox  # noqa: E402
 from iclgd.backends.numba_philox import draw_task, philox4x32_10, philox_sampled_grad, philox_task_batch  # noqa: E402
 from iclgd.checks import relative_error  # noqa: E402
 from iclgd.tasks.examples import Examples  # noqa: E402
@@ -241,11 +241,11 @@ def test_seeds_and_steps_that_share_their_low_words_give_different_batches(seed,
     assert not np.array_equal(first[1], second[1])
 
 
-# --- the fused gradient pass -----------------------------------------------------------------------
+# --- the gradient on a batch of the stream -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", [dict(n_layers=1), dict(n_layers=3, n_heads=2, include_query=True)])
-def test_the_fused_pass_equals_the_oracle_on_the_same_draws(model):
+def test_the_gradient_equals_the_oracle_on_the_same_draws(model):
     d, n_context, batch_size, a, seed, step = 5, 7, 97, 0.8, 2**35 + 1, 12
     cfg = iclgd.LSAConfig(d=d, **model)
     params = random_params(cfg, 4, 0.4)
@@ -291,12 +291,15 @@ def test_bad_blocks_are_refused(counters, keys, message):
         philox4x32_10(counters, keys)
 
 
-def test_the_fused_kernels_disk_cache_is_keyed_on_the_numba_backend_source_too():
-    # numba checks only the kernel's own file; a cached kernel must not outlive a change of _task_pass
-    sources = numba_philox._linked_sources(numba_philox._philox_grad_pass)
-    assert str(Path(numba_backend.__file__)) in sources and str(Path(numba_philox.__file__)) in sources
-    kernel = numba_philox._grad_kernel()
-    cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
-    if cache_file is None:
-        pytest.skip("numba's cache internals differ: the kernel is compiled uncached")
-    assert numba_philox._sources_digest(sources) in cache_file._source_stamp
+def test_a_float32_batch_gives_the_oracles_gradient_on_its_own_draws_to_float32_precision():
+    d, n_context, batch_size, a, seed, step = 4, 6, 130, 1.0, 3, 9
+    cfg = iclgd.LSAConfig(d=d, n_layers=2, dtype="float32")
+    params = random_params(cfg, 1, 0.3)
+    w, x = philox_task_batch(seed, step, batch_size, n_context, d, a, "float32")
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    batch = encode(Examples(x64, np.einsum("btd,bd->bt", x64, w64), w64), "float64")
+    params64 = {name: value.astype(np.float64) for name, value in params.items()}
+    truth_loss, truth_grads = iclgd.get_backend("numpy").loss_and_grad(dataclasses.replace(cfg, dtype="float64"), params64, batch)
+    loss, grads = philox_sampled_grad(cfg, params, seed, step, batch_size, n_context, a)
+    assert abs(loss - truth_loss) <= 1e-4 * max(1.0, truth_loss)
+    assert relative_error(grads, truth_grads) <= 1e-4

@@ -53,9 +53,6 @@ chunk adds its blocks' gradients per lane and then its lanes in a fixed order, a
 chunks are added in order; so results do not depend on the number of threads.  Tests hold
 every function to the oracle.
 
-``_task_pass`` and its helpers below are the per-task pass this backend used before the lane
-kernel; iclgd.backends.numba_philox builds its fused Philox-stream kernel on them.
-
 Threads: numba's OpenMP layer (libgomp) lets idle threads spin for a long while before they
 sleep, which slows a step when another process shares the cores.  Constructing a NumbaBackend
 therefore sets ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep) in ``os.environ`` unless
@@ -73,13 +70,11 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from numba import njit
 
 from iclgd._checks import positive_int
 from iclgd.backends.base import Backend
-from iclgd.backends.numba_lanes import (  # N_CHUNKS, MODE_GRAD, FAST: also numba_philox's
-    FAST, LOAD_PCG64, LOAD_TOKENS, MODE_GRAD, MODE_MAPS, MODE_PREDICT, MODE_SENSITIVITY, N_CHUNKS,
-    _lane_pass,
+from iclgd.backends.numba_lanes import (
+    LOAD_PCG64, LOAD_TOKENS, MODE_GRAD, MODE_MAPS, MODE_PREDICT, MODE_SENSITIVITY, N_CHUNKS, _lane_pass,
 )
 from iclgd.models import WEIGHT_NAMES, LSAConfig, attention_products, layer_prefixes
 from iclgd.tasks.inputs import INPUT_LAWS
@@ -87,190 +82,6 @@ from iclgd.tasks.inputs import INPUT_LAWS
 COMPILE_NOTE = "about a minute for each dtype used, float32 and float64"
 _NO_STREAM = np.zeros(5, np.uint64)
 _LOW_64 = (1 << 64) - 1
-
-
-# --- small dense kernels on D x D matrices and D-vectors ----------------------------------------
-
-
-@njit(cache=True, fastmath=FAST)
-def _mm(a, b, out):
-    """out = a @ b (pass a.T or b.T for the transposed products: numba views, no copies)."""
-    n, k, m = a.shape[0], a.shape[1], b.shape[1]
-    for i in range(n):
-        for j in range(m):
-            acc = 0.0
-            for t in range(k):
-                acc += a[i, t] * b[t, j]
-            out[i, j] = acc
-
-
-@njit(cache=True, fastmath=FAST)
-def _mv(a, v, out):
-    """out = a @ v."""
-    for i in range(a.shape[0]):
-        acc = 0.0
-        for t in range(a.shape[1]):
-            acc += a[i, t] * v[t]
-        out[i] = acc
-
-
-@njit(cache=True, fastmath=FAST, inline="always")
-def _gram_apply(e, n_attended, v, out, row_dots):
-    """out = v G with G = C^T C, as (v C^T) C: 4 N D flops instead of forming G (N D^2)."""
-    dim = e.shape[1]
-    for row in range(n_attended):
-        acc = 0.0
-        for k in range(dim):
-            acc += v[k] * e[row, k]
-        row_dots[row] = acc
-    for k in range(dim):
-        acc = 0.0
-        for row in range(n_attended):
-            acc += row_dots[row] * e[row, k]
-        out[k] = acc
-
-
-@njit(cache=True, fastmath=FAST, inline="always")
-def _add_outer(out, u, v):
-    """out += u v^T."""
-    for i in range(u.shape[0]):
-        for j in range(v.shape[0]):
-            out[i, j] += u[i] * v[j]
-
-
-# --- one task ------------------------------------------------------------------------------------
-
-
-@njit(cache=True, fastmath=FAST)
-def _task_pass(e, n_attended, p, r, slots, mode, target, inv_batch, d_p, d_r, sens_out, gs, ms, a_rows, u, s, work, vecs):
-    """Forward (and, for mode != PREDICT, backward) of one task whose tokens are ``e`` (T, D).
-
-    Returns yhat.  mode GRAD: with dL/dyhat = (yhat - target) * inv_batch (the half-MSE's), adds
-    this task's dL/dP, dL/dR into d_p, d_r.  mode SENSITIVITY: writes d yhat / d e_q into sens_out (D,).  gs (K, D, D), ms (K, D, D),
-    a_rows (K, D), u, s (H, D), work (6, D, D) and vecs (5, max(D, T)) are scratch."""
-    n_layers, n_heads, dim = slots.shape[0], p.shape[1], e.shape[1]
-    row_dots = vecs[4]
-    if n_layers > 1:  # G_0 = C^T C: the lower triangle, then mirrored (one layer never forms it)
-        g0 = gs[0]
-        g0[:] = 0.0
-        for row in range(n_attended):
-            for i in range(dim):
-                for j in range(i + 1):
-                    g0[i, j] += e[row, i] * e[row, j]
-        for i in range(dim):
-            for j in range(i):
-                g0[j, i] = g0[i, j]
-    for i in range(dim):
-        a_rows[0, i] = e[e.shape[0] - 1, i]
-    t1, t2 = work[0], work[1]
-    for layer in range(n_layers - 1):  # full layers: M_l, G_{l+1}, a_{l+1}
-        slot = slots[layer]
-        m = ms[layer]
-        for i in range(dim):
-            for j in range(dim):
-                m[i, j] = 1.0 if i == j else 0.0
-        for h in range(n_heads):
-            _mm(p[slot, h], gs[layer], t1)
-            _mm(t1, r[slot, h], t2)
-            m += t2
-        _mm(gs[layer], m, t1)
-        _mm(m.T, t1, gs[layer + 1])
-        _mv(m.T, a_rows[layer], a_rows[layer + 1])
-    last = n_layers - 1
-    slot = slots[last]
-    a = a_rows[last]
-    y_out = a[dim - 1]
-    for h in range(n_heads):  # query row of the last layer
-        _mv(p[slot, h].T, a, u[h])
-        if n_layers == 1:
-            _gram_apply(e, n_attended, u[h], s[h], row_dots)
-        else:
-            _mv(gs[last].T, u[h], s[h])  # s = u G
-        for t in range(dim):
-            y_out += s[h, t] * r[slot, h, t, dim - 1]
-    yhat = -y_out
-    if mode == MODE_PREDICT:
-        return yhat
-    upstream = (yhat - target) * inv_batch if mode == MODE_GRAD else 1.0
-
-    # backward: abar = dL/da_K is -upstream at the y-slot and 0 elsewhere
-    abar_out, abar, sbar, ubar = vecs[0, :dim], vecs[1, :dim], vecs[2, :dim], vecs[3, :dim]
-    gbar = work[3]
-    gbar[:] = 0.0
-    abar[:] = 0.0
-    abar[dim - 1] = -upstream
-    # at the input of a one-layer model only the weight gradients are needed
-    need_input_grads = mode == MODE_SENSITIVITY or n_layers > 1
-    for h in range(n_heads):
-        if mode == MODE_GRAD:
-            for i in range(dim):  # dR_h += s_h^T abar: only the y column
-                d_r[slot, h, i, dim - 1] -= s[h, i] * upstream
-        for i in range(dim):  # sbar = R_h abar
-            sbar[i] = -r[slot, h, i, dim - 1] * upstream
-        if n_layers == 1:
-            _gram_apply(e, n_attended, sbar, ubar, row_dots)
-        else:
-            _mv(gs[last], sbar, ubar)
-        if mode == MODE_GRAD:
-            _add_outer(d_p[slot, h], a, ubar)
-        if need_input_grads:
-            _add_outer(gbar, u[h], sbar)
-            for i in range(dim):
-                acc = 0.0
-                for j in range(dim):
-                    acc += p[slot, h, i, j] * ubar[j]
-                abar[i] += acc
-    mbar, gsym, gbar_new = work[4], work[5], work[1]
-    for layer in range(n_layers - 2, -1, -1):
-        slot = slots[layer]
-        m, g = ms[layer], gs[layer]
-        for i in range(dim):
-            for j in range(dim):
-                gsym[i, j] = gbar[i, j] + gbar[j, i]
-        _mm(g, m, t1)
-        _mm(t1, gsym, mbar)
-        _add_outer(mbar, a_rows[layer], abar)
-        _mv(m, abar, abar_out)  # abar_out now holds abar_l
-        abar[:] = abar_out
-        _mm(m, gbar, t1)
-        _mm(t1, m.T, gbar_new)
-        for h in range(n_heads):
-            _mm(p[slot, h].T, mbar, t1)
-            _mm(t1, r[slot, h].T, gsym)  # gsym reused as scratch: P^T Mbar R^T
-            gbar_new += gsym
-            if mode == MODE_GRAD:
-                _mm(mbar, r[slot, h].T, t1)
-                _mm(t1, g, gsym)
-                d_p[slot, h] += gsym
-                _mm(g, p[slot, h].T, t1)
-                _mm(t1, mbar, gsym)
-                d_r[slot, h] += gsym
-        gbar[:] = gbar_new
-    if mode == MODE_SENSITIVITY:
-        for i in range(dim):
-            sens_out[i] = abar[i]
-        if n_attended == e.shape[0]:  # the query is one of G_0's rows
-            q = e[e.shape[0] - 1]
-            for i in range(dim):
-                acc = 0.0
-                for j in range(dim):
-                    acc += (gbar[i, j] + gbar[j, i]) * q[j]
-                sens_out[i] += acc
-    return yhat
-
-
-@njit(cache=True, fastmath=FAST)
-def _scratch(n_layers, n_heads, dim, n_tokens, dtype_example):
-    dt = dtype_example.dtype
-    return (
-        np.zeros((n_layers, dim, dim), dt),
-        np.zeros((n_layers, dim, dim), dt),
-        np.zeros((n_layers, dim), dt),
-        np.zeros((n_heads, dim), dt),
-        np.zeros((n_heads, dim), dt),
-        np.zeros((6, dim, dim), dt),
-        np.zeros((5, max(dim, n_tokens)), dt),
-    )
 
 
 # --- the backend ------------------------------------------------------------------------------------
@@ -375,13 +186,7 @@ class NumbaBackend(Backend):
                   "later runs load them from numba's disk cache", file=sys.stderr)
 
     def _run(self, cfg, params, tokens, targets, mode):
-        """The kernel on given tokens: (yhat, dP, dR, sensitivity, maps, prefixes)."""
-        p, r, slots, prefixes = _products(cfg, params)
-        no_weights = np.zeros((tokens.shape[0], 0))
-        yhat, d_p, d_r, sens, maps, _ = _kernel(_kernel_input(tokens, p.dtype), no_weights, _kernel_input(targets, p.dtype),
-                                                LOAD_TOKENS,
-                                                _NO_STREAM, 0.0, 0.0, cfg.include_query, p, r, slots, mode)
-        return yhat, d_p, d_r, sens, maps, prefixes
+        return run_on_tokens(cfg, params, tokens, targets, mode)
 
     def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
         """Every layer's tokens [E_0, ..., E_K], each (B, N + 1, d + 1): E_{l+1} = E_l M_l."""
@@ -395,8 +200,7 @@ class NumbaBackend(Backend):
         return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_PREDICT)[0]
 
     def _loss_and_grad(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        yhat, d_p, d_r, _, _, prefixes = self._run(cfg, params, tokens, targets, MODE_GRAD)
-        return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
+        return loss_and_grad_on_tokens(cfg, params, tokens, targets)
 
     def _sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
         return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_SENSITIVITY)[3][:, :-1]
@@ -419,6 +223,22 @@ class NumbaBackend(Backend):
         yhat, d_p, d_r, _, _, targets = _kernel(no_tokens, weights, no_targets, LOAD_PCG64, stream,
                                                 low, high - low, cfg.include_query, p, r, slots, MODE_GRAD)
         return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
+
+
+def run_on_tokens(cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray, mode: int):
+    """The kernel on given tokens (B, N + 1, D) and targets (B,), params already checked:
+    (yhat, dP, dR, sensitivity, maps, prefixes) (``_kernel``'s outputs)."""
+    p, r, slots, prefixes = _products(cfg, params)
+    no_weights = np.zeros((tokens.shape[0], 0))
+    yhat, d_p, d_r, sens, maps, _ = _kernel(_kernel_input(tokens, p.dtype), no_weights, _kernel_input(targets, p.dtype),
+                                            LOAD_TOKENS, _NO_STREAM, 0.0, 0.0, cfg.include_query, p, r, slots, mode)
+    return yhat, d_p, d_r, sens, maps, prefixes
+
+
+def loss_and_grad_on_tokens(cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict]:
+    """(half-MSE loss, gradient like params) on given tokens and targets, params already checked."""
+    yhat, d_p, d_r, _, _, prefixes = run_on_tokens(cfg, params, tokens, targets, MODE_GRAD)
+    return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
 
 
 def _kernel(source, weights, targets_in, load, stream, low, span, include_query, p, r, slots, mode):

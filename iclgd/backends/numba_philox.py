@@ -50,32 +50,25 @@ last bit.
 Entry points:
     philox_task_batch(seed, step, B, N, d, a, dtype)   -> w (B, d), x (B, N + 1, d), prange over tasks
     draw_task(seed, step, b, w_row, x_task, a)         -> fills one task (inlined into kernels)
-    philox_sampled_grad(cfg, params, seed, step, B, N, a) -> (half-MSE loss, grads) of the batch, drawn
-                                                          inside the numba gradient kernel
+    philox_sampled_grad(cfg, params, seed, step, B, N, a) -> (half-MSE loss, grads) of that batch, on the
+                                                          numba backend's kernel
 
-The fused kernel reuses the numba backend's per-task pass; it depends on these names of
-``iclgd.backends.numba_backend``: N_CHUNKS, MODE_GRAD, _scratch, _task_pass, _products,
-_weight_grads.  Compiling it costs about 25 s of CPU (LLVM re-optimises the linked
-``_task_pass``), so it is kept in numba's disk cache; numba keys a cached kernel on its own
-source file only, and a cached copy would keep a stale ``_task_pass`` after numba_backend.py
-changes, so the kernel's cache stamp also holds a SHA-256 of every source it links
-(``_linked_sources``: numba_backend.py and the other numba_*.py modules; see ``_grad_kernel``;
-where numba's cache internals differ, an uncached copy is compiled instead, once per process).
+The gradient: ``philox_sampled_grad`` draws the batch with the parallel kernel above, builds
+tokens and labels from it (labels summed in float64 and rounded once to the dtype) and hands
+them to the numba backend's lane kernel (iclgd.backends.numba_lanes), the kernel every other
+numba gradient runs on; so this module adds no gradient code of its own.  (It used to fuse the
+draws into a per-task gradient pass, one loop from draw to gradient; that pass cost about 22 s
+of compilation for each dtype and, at three layers, ten times the lane kernel's time a step.)
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-from pathlib import Path
-
 import numpy as np
 from numba import njit, prange, types
-from numba.core.registry import CPUDispatcher as Dispatcher
 from numba.extending import overload
 
 from iclgd import limits
 from iclgd._checks import finite_float, float_dtype, nonnegative_int, positive_int
-from iclgd.backends.numba_backend import MODE_GRAD, N_CHUNKS, _products, _scratch, _task_pass, _weight_grads
+from iclgd.backends.numba_backend import loss_and_grad_on_tokens
 from iclgd.models.families import module_of
 from iclgd.models.lsa import LSAConfig
 
@@ -317,105 +310,34 @@ def philox_task_batch(seed: int, step: int, batch_size: int, n_context: int, d: 
     return weights, inputs
 
 
-# --- the fused training pass ----------------------------------------------------------------------
+# --- the gradient on a batch of the stream ---------------------------------------------------------
 
 
-@njit(inline="always")
-def _tokens_of(inputs_task, weights_row, e):
-    """Write one task's tokens into e (T, D): rows (x_i, w.x_i), then (x_q, 0); return the target
-    w.x_q.  Labels are summed in float64 over k = 0 .. d - 1 and rounded once to e's dtype."""
-    n_tokens, d = inputs_task.shape
-    label = 0.0
-    for row in range(n_tokens):
-        label = 0.0
-        for k in range(d):
-            e[row, k] = inputs_task[row, k]
-            label += np.float64(inputs_task[row, k]) * np.float64(weights_row[k])
-        e[row, d] = label if row < n_tokens - 1 else 0.0
-    return label
-
-
-@njit(parallel=True, cache=True)  # its cache stamp is extended by _grad_kernel (module docstring)
-def _philox_grad_pass(seed, step, n_context, x_scale, include_query, p, r, slots, yhat, targets, d_p, d_r):
-    """The GRAD pass of the numba backend on batch ``step`` of the Philox stream of ``seed``:
-    per chunk of the fixed partition (d_p, d_r: (n_chunks, S, H, D, D), one slice a chunk), each
-    task is drawn (draw_task), written as tokens and passed through _task_pass; fills yhat,
-    targets (B,) and the chunks' dP, dR.  (The outputs are allocated and summed by the caller:
-    array expressions here would be parallel loops of their own, each compiled separately.)"""
-    dim = p.shape[2]
-    d, n_tokens = dim - 1, n_context + 1
-    n_attended = n_tokens if include_query else n_tokens - 1
-    n_layers, n_heads, dtype = slots.shape[0], p.shape[1], p.dtype
-    batch, n_chunks = yhat.shape[0], d_p.shape[0]
-    for chunk in prange(n_chunks):
-        weights_row = np.empty(d, dtype)
-        inputs_task = np.empty((n_tokens, d), dtype)
-        e = np.zeros((n_tokens, dim), dtype)
-        sens = np.zeros(dim, dtype)
-        gs, ms, a_rows, u, s, work, vecs = _scratch(n_layers, n_heads, dim, n_tokens, e[0])
-        for b in range(chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks):
-            draw_task(seed, step, b, weights_row, inputs_task, x_scale)
-            targets[b] = _tokens_of(inputs_task, weights_row, e)
-            yhat[b] = _task_pass(e, n_attended, p, r, slots, MODE_GRAD, targets[b], 1.0 / batch, d_p[chunk], d_r[chunk],
-                                 sens, gs, ms, a_rows, u, s, work, vecs)
-
-
-def _linked_sources(kernel) -> list[str]:
-    """The source files whose code a cached ``kernel`` carries: its own, those of every numba
-    function it calls (transitively, by the global names each function's code uses), and every
-    ``numba_*.py`` next to this file (where the numba backend keeps its kernels and constants)."""
-    files, seen, todo = set(Path(__file__).parent.glob("numba_*.py")), set(), [kernel]
-    while todo:
-        func = todo.pop().py_func
-        if func in seen:
-            continue
-        seen.add(func)
-        files.add(Path(func.__code__.co_filename))
-        codes = [func.__code__]
-        while codes:
-            code = codes.pop()
-            codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
-            todo.extend(v for v in (func.__globals__.get(n) for n in code.co_names) if isinstance(v, Dispatcher))
-    return sorted(str(f) for f in files)
-
-
-def _sources_digest(paths: list[str]) -> str:
-    """One SHA-256 over the named files' bytes (and names)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.encode() + b"\0" + Path(path).read_bytes())
-    return digest.hexdigest()
-
-
-@functools.cache
-def _grad_kernel():
-    """_philox_grad_pass with its disk-cache stamp extended by a digest of ``_linked_sources``,
-    so that a change in numba_backend.py (say) invalidates the cached kernel (numba checks only
-    this file); an uncached copy where numba's cache has no such stamp (other numba internals,
-    caching unavailable)."""
-    cache_file = getattr(getattr(_philox_grad_pass, "_cache", None), "_cache_file", None)
-    if cache_file is None or not hasattr(cache_file, "_source_stamp"):
-        return njit(parallel=True, cache=False)(_philox_grad_pass.py_func)
-    cache_file._source_stamp = (cache_file._source_stamp, _sources_digest(_linked_sources(_philox_grad_pass)))
-    return _philox_grad_pass
+def tokens_and_targets(weights: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tasks as the model reads them: tokens (B, N + 1, d + 1), rows (x_i, w.x_i) and then
+    (x_q, 0), and targets w.x_q (B,), in the dtype of ``inputs``; labels are summed in float64 and
+    rounded once to that dtype."""
+    labels = np.matmul(inputs.astype(np.float64), weights.astype(np.float64)[:, :, None])[:, :, 0]
+    batch_size, n_tokens, d = inputs.shape
+    tokens = np.empty((batch_size, n_tokens, d + 1), inputs.dtype)
+    tokens[:, :, :d] = inputs
+    tokens[:, :-1, d] = labels[:, :-1]
+    tokens[:, -1, d] = 0.0
+    return tokens, labels[:, -1].astype(inputs.dtype)
 
 
 def philox_sampled_grad(cfg: LSAConfig, params: dict, seed: int, step: int, batch_size: int, n_context: int,
                         x_scale: float) -> tuple[float, dict[str, np.ndarray]]:
     """(half-MSE loss, gradient) of an LSA on batch ``step`` of the Philox stream of ``seed``:
-    ``batch_size`` noise-free tasks w ~ N(0, I_d), x ~ U(-x_scale, x_scale)^d, y = w.x, drawn in
-    cfg.dtype inside the compiled pass (the tasks of ``philox_task_batch`` with cfg.d, cfg.dtype).
+    the ``batch_size`` noise-free tasks w ~ N(0, I_d), x ~ U(-x_scale, x_scale)^d, y = w.x of
+    ``philox_task_batch(seed, step, batch_size, n_context, cfg.d, x_scale, cfg.dtype)``, as tokens
+    (``tokens_and_targets``) through the numba backend's gradient kernel.
     Returns what ``NumbaBackend._sample_loss_and_grad`` returns: (float loss, dict like params)."""
     if not isinstance(cfg, LSAConfig):
         raise ValueError(f"cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}")
-    seed, step, batch_size, n_context, x_scale = _stream_args(seed, step, batch_size, n_context, x_scale)
     if cfg.n_context is not None and cfg.n_context != n_context:
         raise ValueError(f"n_context must match cfg.n_context = {cfg.n_context}; got {n_context}")
-    _check_blocks(n_context, cfg.d)
     params = module_of(cfg).check_params(cfg, params)
-    p, r, slots, prefixes = _products(cfg, params)
-    n_chunks = min(N_CHUNKS, batch_size)  # the numba backend's fixed partition of the batch
-    yhat, targets = np.zeros(batch_size, p.dtype), np.zeros(batch_size, p.dtype)
-    d_p, d_r = np.zeros((n_chunks,) + p.shape, p.dtype), np.zeros((n_chunks,) + r.shape, r.dtype)
-    _grad_kernel()(seed, step, n_context, x_scale, cfg.include_query, p, r, slots, yhat, targets, d_p, d_r)
-    return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p.sum(axis=0), d_r.sum(axis=0))
+    weights, inputs = philox_task_batch(seed, step, batch_size, n_context, cfg.d, x_scale, cfg.dtype)
+    tokens, targets = tokens_and_targets(weights, inputs)
+    return loss_and_grad_on_tokens(cfg, params, tokens, targets)
