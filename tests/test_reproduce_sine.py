@@ -169,7 +169,7 @@ def test_the_partial_cosine_is_the_mean_sign_agreement():
 def test_the_laptop_setting_is_the_documented_one():
     laptop = SineSetting()
     assert (laptop.draws, laptop.model_steps, laptop.mlp_gd_steps, laptop.batch_size) == ("authors", 8000, 8000, 512)
-    assert (laptop.model_lr, laptop.mlp_gd_lr, laptop.dtype, laptop.eval_tasks, laptop.smoke) == (1e-3, 3e-4, "float32", 2048, False)
+    assert (laptop.model_lr, laptop.mlp_gd_lr, laptop.dtype, laptop.eval_tasks, laptop.smoke) == (1e-3, 1e-3, "float32", 2048, False)
     assert laptop.backend in sine.ENGINES and laptop.task().n_context == 10
 
 

@@ -18,7 +18,8 @@ authors' VarianceScaling init, scale 0.002):
                  embedded context,
                      W_Q = W_K = diag(1, .., 1, 0),  W_V = -e_40 e_40^T,  W_O = (eta / N) e_40 e_40^T,
                      yhat = (eta / N) sum_i e_i[40] <e_i[:39], e_q[:39]> - e_q[40],
-                 only the embedding (``embed.*``) trained: Adam(3e-4, 0.9, 0.999), clip 100;
+                 only the embedding (``embed.*``) trained: Adam(1e-3, 0.9, 0.999), clip 100
+                 (the authors' rate is 3e-4: see "MLP + GD's rate" below);
     OUT/model    the model: every parameter trained, Adam(1e-3, 0.9, 0.98), clip 100.
 
 OUT/timing.json keeps each run's training wall time summed over the invocations that trained it.
@@ -37,6 +38,14 @@ final model's loss is within 10 % of MLP + GD's (paired); the partial cosine end
 above its step-0 value; the preds diff ends at most half its step-0 value.  Predicting 0 is
 reported for scale.  Figures: loss over training, partial cosine and preds diff over training,
 and yhat(x_q) over x_q in (-5, 5) for a few tasks (model, MLP + GD, the true wave).
+
+MLP + GD's rate.  The first recorded runs trained MLP + GD at the authors' 3e-4; at this tenth of
+the authors' tasks it was then still far from converged (its validation loss -8 % over its last
+quarter, 0.00375 at the end, against 0.00221 when trained at 1e-3 on the same tasks), so the
+baseline the model is compared with was weaker than the one the paper compares with.  The
+default is therefore the model's rate, 1e-3 (``mlp_gd_lr``; ``--mlp-gd-lr 3e-4`` for the
+authors'); this choice was made after those runs were seen, and both are kept in
+reference/results (sine/ at 1e-3, sine-mlpgd-lr3e-4/).  The claims' criteria are unchanged.
 
 Scale (laptop, the default; NOT the authors').  The authors train both for 20,000 steps at
 batch 2048 in float32.  Here 8,000 steps each at batch 512 (1/10 of the authors' tasks seen),
@@ -108,7 +117,7 @@ class SineSetting(Setting):
     mlp_gd_steps: int = 8000
     batch_size: int = 512
     model_lr: float = 1e-3
-    mlp_gd_lr: float = 3e-4
+    mlp_gd_lr: float = 1e-3  # the authors' 3e-4 leaves MLP + GD unconverged at this scale (module doc)
     seed: int = 0
     backend: str = field(default_factory=fastest_engine)
     dtype: str = "float32"
@@ -579,18 +588,28 @@ half-MSE against the true wave over the grid.
 ## Still training?
 
 The validation loss over the last quarter of each run: {late_text(r)}.
-MLP+GD trains its embedding with Adam at 3e-4 (the authors' rate), the model at 1e-3, so at a
-short run the slower MLP+GD is the further from converged of the two.
+{rates_text(r)}
 
 ## What differs from the authors
 
 - Scale: {r['setting']['model_steps']} and {r['setting']['mlp_gd_steps']} steps at batch {r['setting']['batch_size']}
   instead of 20,000 at batch 2048 for each.
+- MLP+GD's Adam rate: {r['setting']['mlp_gd_lr']:g} (the authors': 3e-4).
 - The amplitude and phase draws: {draws_text(r['setting']['draws'])}.
 - The partial cosine and preds diff compare the model at each checkpoint with MLP+GD's final
   parameters (trained first); the authors' numbers are not saved (their plots only), so the
   ~0.95 partial cosine could not be checked against a stored value.
 """
+
+
+def rates_text(r: dict) -> str:
+    """How the two Adam rates compare (the report's "Still training?" section)."""
+    model_lr, mlp_gd_lr = r["setting"]["model_lr"], r["setting"]["mlp_gd_lr"]
+    if mlp_gd_lr < model_lr:
+        return (f"MLP+GD trains its embedding with Adam at {mlp_gd_lr:g}, the model at {model_lr:g}, so at a short run "
+                "the slower MLP+GD is likely the further from converged of the two.")
+    return (f"MLP+GD trains its embedding with Adam at {mlp_gd_lr:g}, the model at {model_lr:g} (the authors train "
+            "MLP+GD at 3e-4, for 20,000 steps of batch 2048).")
 
 
 EXPERIMENT = Experiment(claim="on sine regression, a learned MLP embedding followed by one trained linear self-attention layer "
