@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", default=None, help="override [train] backend: numpy, numba or jax (default: the config's)")
     train.add_argument("--sampler", default=None,
                        help="override [train] sampler: numpy (host, same on every backend), jax (inside jax's step) "
-                            "or philox (inside numba's step) (default: the config's)")
+                            "or philox (drawn by numba) (default: the config's)")
     train.add_argument("--seeds", type=int, default=None,
                        help="train this many seeds (seed, seed+1, ...) into OUT/seed_S; one vmapped program on jax (default: one run in OUT)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -526,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                            [("steps", "training steps")])
     one.add_argument("--sampler", default=None,
                      help="numpy (host; the same tasks on every backend), jax (inside jax's step; --backend jax) or "
-                          "philox (inside numba's step; --backend numba) (default: numpy)")
+                          "philox (drawn by numba; --backend numba) (default: numpy)")
     one.set_defaults(run=_reproduce)
 
     deep = command(claims, "multi-layer", "K-layer (or recurrent) LSA against K steps of GD and GD++")

@@ -87,7 +87,7 @@ class TrainConfig:
     sampler: "numpy" - batch t is ``task.sample(batch_size, batch_rng(seed, t))`` on the host, the
     same numbers on every backend; "jax" - drawn inside the jax backend's jitted step from
     ``jax.random.fold_in(PRNGKey(seed), t)`` (another stream: fast, for full-scale runs);
-    "philox" - drawn inside the numba backend's compiled step from a Philox4x32-10 stream keyed
+    "philox" - drawn by compiled numba code from a Philox4x32-10 stream keyed
     by (seed, t), task by task (``iclgd.backends.numba_philox``: another stream, the same for any
     thread count; noise-free tasks with w ~ N(0, I) and uniform inputs only)."""
 
@@ -145,7 +145,7 @@ class TrainConfig:
         if self.sampler == "jax" and self.backend != "jax":
             raise ValueError(f"sampler 'jax' draws batches inside the jax backend's compiled step; got backend {self.backend!r}")
         if self.sampler == "philox" and self.backend != "numba":
-            raise ValueError(f"sampler 'philox' draws batches inside the numba backend's compiled step; got backend {self.backend!r}")
+            raise ValueError(f"sampler 'philox' draws batches in the numba backend's compiled code; it needs backend 'numba'; got backend {self.backend!r}")
 
     @functools.cached_property
     def _grid(self) -> tuple[int, ...]:

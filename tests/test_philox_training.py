@@ -30,7 +30,7 @@ def trained(cfg, n_steps, state=None):
 
 
 def test_philox_is_refused_on_any_backend_but_numba():
-    with pytest.raises(ValueError, match="sampler 'philox' draws batches inside the numba backend"):
+    with pytest.raises(ValueError, match="sampler 'philox' draws batches in the numba backend's compiled code"):
         TrainConfig(backend="numpy", sampler="philox")
 
 
@@ -52,7 +52,7 @@ def test_each_step_is_the_philox_batch_of_its_step_number():
     assert records[0].loss == loss
 
 
-@pytest.mark.slow  # trains on the fused Philox kernel (tests/test_numba_philox.py holds it to the oracle by default)
+@pytest.mark.slow  # trains on the Philox stream (tests/test_numba_philox.py holds its gradient to the oracle by default)
 def test_training_is_the_same_on_one_thread_and_on_two():
     cfg = config()
     set_threads(1)
@@ -65,7 +65,7 @@ def test_training_is_the_same_on_one_thread_and_on_two():
         np.testing.assert_array_equal(one.params[name], two.params[name])
 
 
-@pytest.mark.slow  # trains on the fused Philox kernel (tests/test_numba_philox.py holds it to the oracle by default)
+@pytest.mark.slow  # trains on the Philox stream (tests/test_numba_philox.py holds its gradient to the oracle by default)
 def test_three_then_three_steps_equal_six():
     cfg = config()
     straight, _ = trained(cfg, 6)
@@ -75,7 +75,7 @@ def test_three_then_three_steps_equal_six():
         np.testing.assert_array_equal(straight.params[name], resumed.params[name])
 
 
-@pytest.mark.slow  # trains on the fused Philox kernel (tests/test_numba_philox.py holds it to the oracle by default)
+@pytest.mark.slow  # trains on the Philox stream (tests/test_numba_philox.py holds its gradient to the oracle by default)
 def test_training_on_the_philox_stream_lowers_the_loss():
     cfg = RunConfig(LinearRegressionTask(d=3, n_context=5), LSAConfig(d=3, n_layers=1, n_heads=1, n_context=5),
                     TrainConfig(steps=300, batch_size=256, lr=1e-2, backend="numba", sampler="philox"))

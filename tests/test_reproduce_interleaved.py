@@ -257,9 +257,10 @@ def test_a_bad_setting_is_rejected_with_a_message_naming_it(change, message):
         InterleavedSetting(**change)
 
 
-def test_the_default_setting_is_the_authors_at_a_laptops_length_on_the_fastest_engine():
+def test_the_default_setting_sees_the_authors_number_of_tasks_on_the_fastest_engine():
     setting = InterleavedSetting()
     assert setting.backend == interleaved.fastest_engine()
+    assert setting.steps * setting.batch_size == 10_000 * 2048 and setting.batch_size == 512
     assert (setting.d, setting.n_context, setting.x_scale, setting.lr, setting.eval_tasks) == (10, 10, 0.5, 1e-3, 10_000)
     assert setting.checkpoint_every == setting.steps // 20
     cfg = setting.model_config()

@@ -3,8 +3,8 @@ r"""A counter-based data stream for the numba backend: Philox4x32-10, drawn insi
 Another stream than the NumPy one (``iclgd.streams.batch_rng``, PCG64): the numbers differ, the
 distribution is the same (w ~ N(0, I_d), x ~ U(-a, a)^d, labels y = w.x), so a run on this
 stream is another run, as with the jax sampler.  What it buys: every task's numbers depend on
-(seed, step, task index) alone, so a training kernel draws its tasks inside its own parallel
-loop, with no host draw and no (B, N + 1, d) array crossing to it.
+(seed, step, task index) alone, so a compiled parallel loop draws the batch, the same for any
+thread count, with no draw in Python.
 
 The generator (Salmon, Moraes, Dror and Shaw 2011, "Parallel random numbers: as easy as
 1, 2, 3").  A block maps a 128-bit counter c = (c0, c1, c2, c3) and a 64-bit key k = (k0, k1)
@@ -50,6 +50,7 @@ last bit.
 Entry points:
     philox_task_batch(seed, step, B, N, d, a, dtype)   -> w (B, d), x (B, N + 1, d), prange over tasks
     draw_task(seed, step, b, w_row, x_task, a)         -> fills one task (inlined into kernels)
+    tokens_and_targets(w, x)                            -> tokens (B, N + 1, d + 1), targets (B,) of a batch
     philox_sampled_grad(cfg, params, seed, step, B, N, a) -> (half-MSE loss, grads) of that batch, on the
                                                           numba backend's kernel
 
@@ -335,9 +336,16 @@ def philox_sampled_grad(cfg: LSAConfig, params: dict, seed: int, step: int, batc
     Returns what ``NumbaBackend._sample_loss_and_grad`` returns: (float loss, dict like params)."""
     if not isinstance(cfg, LSAConfig):
         raise ValueError(f"cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}")
+    n_context = positive_int("n_context", n_context)
     if cfg.n_context is not None and cfg.n_context != n_context:
         raise ValueError(f"n_context must match cfg.n_context = {cfg.n_context}; got {n_context}")
     params = module_of(cfg).check_params(cfg, params)
+    batch_size = positive_int("batch_size", batch_size, maximum=_WORD_LIMIT - 1)
+    n_tokens, itemsize = n_context + 1, np.dtype(cfg.dtype).itemsize
+    limits.check_bytes(f"batch_size = {batch_size} (with n_context = {n_context}, d = {cfg.d})",
+                       batch_size * n_tokens * (cfg.d * (8 + itemsize) + (cfg.d + 1) * itemsize + 8),
+                       f"the tokens of {batch_size} tasks of (N + 1) x (d + 1) = {n_tokens} x {cfg.d + 1} numbers "
+                       "and their float64 labels")
     weights, inputs = philox_task_batch(seed, step, batch_size, n_context, cfg.d, x_scale, cfg.dtype)
     tokens, targets = tokens_and_targets(weights, inputs)
     return loss_and_grad_on_tokens(cfg, params, tokens, targets)

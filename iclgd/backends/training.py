@@ -84,7 +84,7 @@ def trainer_for(backend, config):
 class HostTrainer:
     """Updates on the host: batch t from ``batch_rng(seed, t)``, the backend's
     ``sample_loss_and_grad`` (which may fuse sampling and the gradient; with sampler "philox",
-    numba's pass that draws batch t of the Philox stream inside its kernel), then the NumPy optimiser
+    numba_philox.philox_sampled_grad on batch t of the Philox stream), then the NumPy optimiser
     ``adam_chain`` (clipping, Adam, the rate schedule) through its update and ``apply_updates``.
     Backends return one from ``trainer(config)``; the jax backend has its own."""
 
