@@ -64,6 +64,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclgd._checks import finite_array, nonnegative_int
+from iclgd.backends.numpy_layers import LayerNormCache, layernorm_backward, layernorm_forward
+from iclgd.backends.numpy_layers import flat as _flat
+from iclgd.backends.numpy_layers import sum_bt as _sum_bt
 from iclgd.models.stack import (
     LN_EPS,
     StackConfig,
@@ -150,42 +153,6 @@ def embedding_backward(grad: np.ndarray, cache: EmbeddingCache, w: np.ndarray, w
         "embed.mlp.w_in": d_w_in, "embed.mlp.b_in": d_b_in, "embed.mlp.w_out": d_w_out, "embed.mlp.b_out": d_b_out,
     }
     return d_e @ w.T, grads
-
-
-# --- layernorm -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class LayerNormCache:
-    """What the LayerNorm backward needs (None stands for the identity of layer_norm=False)."""
-
-    xhat: np.ndarray  # (x - mu) / sqrt(var + eps), (B, T, C)
-    rstd: np.ndarray  # 1 / sqrt(var + eps), (B, T, 1)
-
-
-def layernorm_forward(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None) -> tuple[np.ndarray, LayerNormCache | None]:
-    """y = (x - mu) / sqrt(var + 1e-5) * weight + bias over the last axis (biased variance);
-    ``weight is None`` is the identity."""
-    if weight is None:
-        return x, None
-    centred = x - x.mean(axis=-1, keepdims=True)
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + LN_EPS)
-    xhat = centred * rstd
-    return xhat * weight + bias, LayerNormCache(xhat, rstd)
-
-
-def layernorm_backward(grad: np.ndarray, cache: LayerNormCache | None, weight: np.ndarray | None):
-    """G (B, T, C) -> (dx, dweight (C,), dbias (C,)); (G, None, None) for the identity.
-
-    dxhat = G w,   dx = r (dxhat - mean(dxhat) - xhat mean(dxhat xhat))."""
-    if cache is None:
-        return grad, None, None
-    xhat = cache.xhat
-    d_xhat = grad * weight
-    d_x = d_xhat - d_xhat.mean(axis=-1, keepdims=True) - xhat * (d_xhat * xhat).mean(axis=-1, keepdims=True)
-    d_x *= cache.rstd
-    return d_x, _sum_bt(grad * xhat), _sum_bt(grad)
 
 
 # --- attention -----------------------------------------------------------------------------------------
@@ -279,12 +246,12 @@ def forward_with_cache(cfg: StackConfig, params: dict, tokens: np.ndarray) -> tu
     states, layers = [h], []
     for layer, kind in enumerate(cfg.attention):
         p = _layer(params, layer)
-        a, ln = layernorm_forward(h, p("ln.weight"), p("ln.bias"))
+        a, ln = layernorm_forward(h, p("ln.weight"), p("ln.bias"), LN_EPS)
         update, attn = attention_forward(a, p("w_q"), p("w_k"), p("w_v"), p("w_o"), kind, keys)
         h = h + update
         mlp_ln = mlp = None
         if cfg.mlp:
-            a, mlp_ln = layernorm_forward(h, p("mlp_ln.weight"), p("mlp_ln.bias"))
+            a, mlp_ln = layernorm_forward(h, p("mlp_ln.weight"), p("mlp_ln.bias"), LN_EPS)
             update, mlp = mlp_forward(a, p("mlp.w_in"), p("mlp.b_in"), p("mlp.w_out"), p("mlp.b_out"))
             h = h + update
         states.append(h)
@@ -427,12 +394,3 @@ def _layer(params: dict, layer: int):
     prefix = f"layer{layer}."
     return lambda name: params.get(prefix + name)
 
-
-def _flat(x: np.ndarray) -> np.ndarray:
-    """(B, T, n) -> (B T, n), so that sum_bt x^T y is one matrix product."""
-    return x.reshape(-1, x.shape[-1])
-
-
-def _sum_bt(x: np.ndarray) -> np.ndarray:
-    """sum over the batch and the tokens: (B, T, n) -> (n,)."""
-    return x.sum(axis=(0, 1))

@@ -57,6 +57,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from iclgd.backends.numpy_layers import LayerNormCache, layernorm_backward, layernorm_forward
+from iclgd.backends.numpy_layers import flat as _flat
+from iclgd.backends.numpy_layers import row_dot as _row_dot
+from iclgd.backends.numpy_layers import sum_bt as _sum_bt
 from iclgd.models.transformer import LN_EPS, TransformerConfig
 
 
@@ -72,46 +76,6 @@ def embedding_backward(grad: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray
     """G (B, T, C) -> (dW_e = sum_bt X^T G (D+1, C), dP = sum_b G (T, C))."""
     d_w = _flat(tokens).T @ _flat(grad)
     return d_w, grad.sum(axis=0)
-
-
-# --- layernorm -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class LayerNormCache:
-    """What the LayerNorm backward needs (None for the identity of layer_norm=False)."""
-
-    xhat: np.ndarray  # (x - mu) / sqrt(var + eps), (B, T, C)
-    rstd: np.ndarray  # 1 / sqrt(var + eps), (B, T, 1)
-
-
-def layernorm_forward(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None) -> tuple[np.ndarray, LayerNormCache | None]:
-    """y = (x - mu) / sqrt(var + 1e-5) * weight + bias over the last axis (biased variance);
-    ``weight is None`` (layer_norm=False) is the identity."""
-    if weight is None:
-        return x, None
-    xhat = x - x.mean(axis=-1, keepdims=True)
-    var = _row_dot(xhat, xhat) / x.shape[-1]
-    rstd = 1.0 / np.sqrt(var + LN_EPS)
-    xhat *= rstd
-    y = xhat * weight
-    y += bias
-    return y, LayerNormCache(xhat, rstd)
-
-
-def layernorm_backward(grad: np.ndarray, cache: LayerNormCache | None, weight: np.ndarray | None):
-    """G (B, T, C) -> (dx (B, T, C), dweight (C,), dbias (C,)); (G, None, None) for the identity.
-
-    dxhat = G w,   dx = r (dxhat - mean(dxhat) - xhat mean(dxhat xhat))."""
-    if cache is None:
-        return grad, None, None
-    xhat = cache.xhat
-    d_xhat = grad * weight
-    width = xhat.shape[-1]
-    d_x = d_xhat - d_xhat.mean(axis=-1, keepdims=True)
-    d_x -= xhat * (_row_dot(d_xhat, xhat) / width)
-    d_x *= cache.rstd
-    return d_x, np.einsum("btc,btc->c", grad, xhat), _sum_bt(grad)
 
 
 # --- attention -----------------------------------------------------------------------------------------
@@ -253,15 +217,15 @@ def forward(cfg: TransformerConfig, params: dict, tokens: np.ndarray) -> tuple[l
     states, blocks = [h], []
     for l in range(cfg.n_layers):
         p = _block(params, l)
-        a, ln1 = layernorm_forward(h, p("ln1.weight"), p("ln1.bias"))
+        a, ln1 = layernorm_forward(h, p("ln1.weight"), p("ln1.bias"), LN_EPS)
         update, attn = attention_forward(a, p("attn.w_qkv"), p("attn.w_out"), cfg.n_heads, cfg.attention)
         h = h + update
-        a, ln2 = layernorm_forward(h, p("ln2.weight"), p("ln2.bias"))
+        a, ln2 = layernorm_forward(h, p("ln2.weight"), p("ln2.bias"), LN_EPS)
         update, mlp = mlp_forward(a, p("mlp.w_in"), p("mlp.b_in"), p("mlp.w_out"), p("mlp.b_out"))
         h = h + update
         states.append(h)
         blocks.append(BlockCache(ln1, attn, ln2, mlp))
-    f, ln_f = layernorm_forward(h, params.get("unembed.ln.weight"), params.get("unembed.ln.bias"))
+    f, ln_f = layernorm_forward(h, params.get("unembed.ln.weight"), params.get("unembed.ln.bias"), LN_EPS)
     states.append(unembedding_forward(f, params["unembed.w"], params["unembed.b"]))
     return states, ModelCache(tokens, blocks, ln_f, f)
 
@@ -375,11 +339,6 @@ def _block(params: dict, layer: int):
     return lambda name: params.get(prefix + name)
 
 
-def _flat(x: np.ndarray) -> np.ndarray:
-    """(B, T, n) -> (B T, n), so that sum_bt x^T y is one matrix product."""
-    return x.reshape(-1, x.shape[-1])
-
-
 def _row_max(x: np.ndarray) -> np.ndarray:
     """max over the last axis, keepdims: a running maximum over its (few) columns, ten times
     faster than ``x.max(axis=-1)``, which NumPy does not vectorise along a short last axis."""
@@ -393,12 +352,3 @@ def _row_sum(x: np.ndarray) -> np.ndarray:
     """sum over the last axis, keepdims (einsum: faster than ``x.sum(axis=-1)`` on short rows)."""
     return np.einsum("...t->...", x)[..., None]
 
-
-def _row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """sum over the last axis of x * y, keepdims, without the product's temporary."""
-    return np.einsum("...t,...t->...", x, y)[..., None]
-
-
-def _sum_bt(x: np.ndarray) -> np.ndarray:
-    """sum over the batch and the tokens: (B, T, n) -> (n,)."""
-    return x.sum(axis=(0, 1))
