@@ -241,7 +241,7 @@ def test_seeds_and_steps_that_share_their_low_words_give_different_batches(seed,
     assert not np.array_equal(first[1], second[1])
 
 
-# --- the gradient on a batch of the stream -----------------------------------------------------------------------
+# --- the gradient on a batch of the stream ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", [dict(n_layers=1), dict(n_layers=3, n_heads=2, include_query=True)])
@@ -303,3 +303,16 @@ def test_a_float32_batch_gives_the_oracles_gradient_on_its_own_draws_to_float32_
     loss, grads = philox_sampled_grad(cfg, params, seed, step, batch_size, n_context, a)
     assert abs(loss - truth_loss) <= 1e-4 * max(1.0, truth_loss)
     assert relative_error(grads, truth_grads) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tokens_hold_the_inputs_and_labels_summed_in_float64_and_rounded_once(dtype):
+    w, x = philox_task_batch(11, 4, 37, 6, 3, 0.7, dtype)
+    tokens, targets = numba_philox.tokens_and_targets(w, x)
+    labels = np.array([[sum(float(x[b, row, k]) * float(w[b, k]) for k in range(3))
+                        for row in range(7)] for b in range(37)]).astype(dtype)  # left to right, in float64
+    assert tokens.dtype == targets.dtype == np.dtype(dtype) and tokens.shape == (37, 7, 4)
+    np.testing.assert_array_equal(tokens[:, :, :3], x)
+    np.testing.assert_array_equal(tokens[:, :-1, 3], labels[:, :-1])
+    np.testing.assert_array_equal(tokens[:, -1, 3], 0.0)
+    np.testing.assert_array_equal(targets, labels[:, -1])

@@ -185,25 +185,22 @@ class NumbaBackend(Backend):
             print(f"iclgd: compiling the numba kernels for this machine (once, {COMPILE_NOTE}); "
                   "later runs load them from numba's disk cache", file=sys.stderr)
 
-    def _run(self, cfg, params, tokens, targets, mode):
-        return run_on_tokens(cfg, params, tokens, targets, mode)
-
     def _forward(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> list[np.ndarray]:
         """Every layer's tokens [E_0, ..., E_K], each (B, N + 1, d + 1): E_{l+1} = E_l M_l."""
-        maps = self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_MAPS)[4]
+        maps = run_on_tokens(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_MAPS)[4]
         states = [tokens]
         for layer in range(cfg.n_layers):
             states.append(states[-1] @ maps[:, layer])
         return states
 
     def _predict(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_PREDICT)[0]
+        return run_on_tokens(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_PREDICT)[0]
 
     def _loss_and_grad(self, cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         return loss_and_grad_on_tokens(cfg, params, tokens, targets)
 
     def _sensitivity(self, cfg: LSAConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
-        return self._run(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_SENSITIVITY)[3][:, :-1]
+        return run_on_tokens(cfg, params, tokens, np.zeros(tokens.shape[0]), MODE_SENSITIVITY)[3][:, :-1]
 
     def _sample_loss_and_grad(self, cfg, task, params, batch_size, rng):
         """Noise-free float64 tasks with uniform inputs on NumPy's PCG64 (the training stream): the

@@ -314,17 +314,31 @@ def philox_task_batch(seed: int, step: int, batch_size: int, n_context: int, d: 
 # --- the gradient on a batch of the stream ---------------------------------------------------------
 
 
+@njit(parallel=True, cache=True)
+def _write_tokens(weights, inputs, tokens, targets):
+    for b in prange(inputs.shape[0]):
+        n_tokens, d = inputs.shape[1], inputs.shape[2]
+        for row in range(n_tokens):
+            label = 0.0  # float64: summed over k = 0 .. d - 1, rounded once to the dtype
+            for k in range(d):
+                tokens[b, row, k] = inputs[b, row, k]
+                label += np.float64(inputs[b, row, k]) * np.float64(weights[b, k])
+            if row < n_tokens - 1:
+                tokens[b, row, d] = label
+            else:
+                tokens[b, row, d] = 0.0
+                targets[b] = label
+
+
 def tokens_and_targets(weights: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The tasks as the model reads them: tokens (B, N + 1, d + 1), rows (x_i, w.x_i) and then
-    (x_q, 0), and targets w.x_q (B,), in the dtype of ``inputs``; labels are summed in float64 and
-    rounded once to that dtype."""
-    labels = np.matmul(inputs.astype(np.float64), weights.astype(np.float64)[:, :, None])[:, :, 0]
+    (x_q, 0), and targets w.x_q (B,), in the dtype of ``inputs``; each label is summed in float64
+    over k = 0 .. d - 1 and rounded once to that dtype (a parallel numba loop over tasks)."""
     batch_size, n_tokens, d = inputs.shape
     tokens = np.empty((batch_size, n_tokens, d + 1), inputs.dtype)
-    tokens[:, :, :d] = inputs
-    tokens[:, :-1, d] = labels[:, :-1]
-    tokens[:, -1, d] = 0.0
-    return tokens, labels[:, -1].astype(inputs.dtype)
+    targets = np.empty(batch_size, inputs.dtype)
+    _write_tokens(weights, inputs, tokens, targets)
+    return tokens, targets
 
 
 def philox_sampled_grad(cfg: LSAConfig, params: dict, seed: int, step: int, batch_size: int, n_context: int,
