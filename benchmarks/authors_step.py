@@ -25,9 +25,9 @@ formulation on the same machine.  What it does, per step (float32, B = 2048, d =
 
 Timed in the same process, in rounds (each round one block of ``--block`` steps per engine, so
 that all see the same load of a shared machine): this step, and iclgd's train step
-(``backend.trainer(config).advance``) on numpy, numba (host sampler, as ``iclgd bench``) and jax
-(on-device sampler), at the same size, float32, one layer and K tied layers.  Printed: the median
-ms per step of each, and how many times faster each engine is than the authors' formulation.
+(``backend.trainer(config).advance``) on numpy, numba (host sampler, as ``iclgd bench``, and
+its Philox stream, sampler "philox", drawn inside the kernel) and jax (on-device sampler), at
+the same size, float32, one layer and K tied layers.  Printed: the median ms per step of each, and how many times faster each engine is than the authors' formulation.
 ``deviation``: the relative difference between this formulation's loss and iclgd's NumPy
 oracle's on the same weights and tasks (the same model, up to float32 round-off).
 """
@@ -207,8 +207,9 @@ def authors_engine(setting: AuthorsSetting, seed: int = 0):
     return run
 
 
-def iclgd_engine(name: str, setting: AuthorsSetting, seed: int = 0):
-    """iclgd's trainer on the same task and model (tied layers), float32; each block starts from the
+def iclgd_engine(name: str, setting: AuthorsSetting, seed: int = 0, sampler: str | None = None):
+    """iclgd's trainer on the same task and model (tied layers), float32, on ``sampler`` (default:
+    jax's on-device sampler for jax, the host's NumPy stream otherwise); each block starts from the
     same state, as ``iclgd bench`` times it."""
     from iclgd.backends import get_backend
     from iclgd.backends.training import initial_state
@@ -220,7 +221,7 @@ def iclgd_engine(name: str, setting: AuthorsSetting, seed: int = 0):
     model = LSAConfig(d=setting.d, n_layers=setting.n_layers, n_heads=setting.n_heads, tied=setting.n_layers > 1,
                       n_context=setting.n_context, dtype="float32")
     train = TrainConfig(steps=10**6, batch_size=setting.batch_size, lr=setting.lr, seed=seed, backend=name,
-                        sampler="jax" if name == "jax" else "numpy", beta1=setting.beta1, beta2=setting.beta2)
+                        sampler=sampler or ("jax" if name == "jax" else "numpy"), beta1=setting.beta1, beta2=setting.beta2)
     config = RunConfig(task, model, train)
     trainer = get_backend(name).trainer(config)
     state = initial_state(config)
@@ -286,6 +287,8 @@ def main(argv=None) -> int:
         setting = AuthorsSetting(n_layers=n_layers, batch_size=args.batch_size)
         engines = {"authors' formulation (our jax re-implementation)": authors_engine(setting)}
         engines |= {f"iclgd {name}": iclgd_engine(name, setting) for name in backends}
+        if "numba" in backends:
+            engines["iclgd numba, Philox stream"] = iclgd_engine("numba", setting, sampler="philox")
         seconds = time_in_rounds(engines, args.block, args.repeats)
         medians = {name: float(np.median(values)) for name, values in seconds.items()}
         reference = medians[next(iter(engines))]

@@ -6,12 +6,16 @@ For 1- and 4-layer LSA at B = 2048, N = d = 10, in float32 and float64, three op
 * ``forward``:  ``predict`` on a fixed batch;
 * ``forward+backward``: ``loss_and_grad`` on a fixed batch;
 * ``train step``: one full update including sampling, through the backend's trainer
-  (host sampler for numpy / numba; jax's on-device sampler for jax), timed over blocks of steps.
+  (host sampler for numpy / numba; jax's on-device sampler for jax), timed over blocks of steps;
+  numba also has ``train step (philox)``, the same on its Philox stream (sampler "philox": the
+  batch drawn inside the kernel, iclgd.backends.numba_philox).
 
 Reported per row: the median over repeats after warm-up (ms); GFLOP/s against the FLOP count of
 the naive formulation (below; the fast backends do far fewer); the largest deviation from the
 NumPy oracle on the same inputs (relative to the oracle's largest value; for ``train step``,
-the params after one step from the same state on the same batch, host sampler); and the floor.
+the params after one step from the same state on the same batch, host sampler; for ``train step
+(philox)``, the gradient on the stream's first batch against the oracle's on the same draws, in
+float64); and the floor.
 
 Load.  With ``contended=True`` the same timings run a second time while busy-loop processes
 (one per usable core by default, ``busy_cores``) keep every core busy; they are started before
@@ -64,6 +68,8 @@ from iclgd.models import LSAConfig, init_params
 from iclgd.tasks import LinearRegressionTask
 
 OPERATIONS = ("forward", "forward+backward", "train step")
+#: numba's extra row: the training step on its own Philox stream (sampler "philox", drawn inside the kernel)
+PHILOX_STEP = "train step (philox)"
 #: where `iclgd bench` writes without --out (the recorded results are in benchmarks/results)
 DEFAULT_OUT = "runs/bench"
 
@@ -196,9 +202,9 @@ def row_work(operation: str, cfg: LSAConfig, task: LinearRegressionTask, batch_s
         return forward, 0, 0
     if operation == "forward+backward":
         return forward + backward, 0, 0
-    if operation == "train step":
+    if operation in ("train step", PHILOX_STEP):
         return (forward + backward + label_flops(task, batch_size), *step_draws(task, batch_size))
-    raise ValueError(f"operation must be one of {OPERATIONS}; got {operation!r}")
+    raise ValueError(f"operation must be one of {OPERATIONS + (PHILOX_STEP,)}; got {operation!r}")
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -333,11 +339,38 @@ def bench_case(name: str, n_layers: int, dtype: str, batch_size: int, repeats: i
             truth, _ = oracle.trainer(host).advance(initial_state(host), 1)
             deviation = _relative_deviation(one_step.params, truth.params)
         rows.append(("train step", per_step, forward_flops + backward_flops, deviation))
+        if name == "numba":
+            per_step, deviation = _philox_step(config, repeats, block, check)
+            rows.append((PHILOX_STEP, per_step, forward_flops + backward_flops, deviation))
     return [
         {"backend": name, "threads": n_threads, "n_layers": n_layers, "dtype": dtype, "operation": op,
          "batch_size": batch_size, "ms": 1e3 * s, "naive_gflops_per_s": f / s / 1e9, "max_rel_deviation_from_oracle": dev}
         for op, s, f, dev in rows
     ]
+
+
+def _philox_step(config: RunConfig, repeats: int, block: int, check: bool) -> tuple[float, float | None]:
+    """(seconds a step, deviation) of numba's trainer on the Philox stream (sampler "philox"); the
+    deviation is that of the gradient of step 0's batch from the oracle's on the same draws."""
+    from iclgd.backends.numba_philox import philox_sampled_grad, philox_task_batch
+    from iclgd.tasks.examples import Examples
+    from iclgd.tokens.constructed import encode
+
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, sampler="philox"))
+    cfg, task, train = config.model, config.task, config.train
+    trainer = get_backend("numba").trainer(config)
+    state, _ = trainer.advance(initial_state(config), block)  # warm up
+    per_step = median_seconds(lambda: trainer.advance(state, block), repeats, 1) / block
+    if not check:
+        return per_step, None
+    params = init_params(cfg, seed=0, scale=0.2)
+    w, x = philox_task_batch(train.seed, 0, train.batch_size, task.n_context, task.d, task.x_scale, cfg.dtype)
+    w64, x64 = w.astype(np.float64), x.astype(np.float64)
+    batch = encode(Examples(x64, np.einsum("btd,bd->bt", x64, w64), w64), "float64")
+    cfg64 = dataclasses.replace(cfg, dtype="float64")
+    truth = get_backend("numpy").loss_and_grad(cfg64, {k: v.astype(np.float64) for k, v in params.items()}, batch)[1]
+    ours = philox_sampled_grad(cfg, params, train.seed, 0, train.batch_size, task.n_context, task.x_scale)[1]
+    return per_step, _relative_deviation(ours, truth)
 
 
 def _cases(backends, layers, dtypes, numba_threads) -> list[tuple[str, int | None, int, str]]:

@@ -15,9 +15,11 @@ from strategies import random_params
 numba = pytest.importorskip("numba", reason="the Philox stream needs the numba extra: pip install 'iclgd[numba]'")
 
 import iclgd  # noqa: E402
-from iclgd.backends import numba_philox  # noqa: E402
-from iclgd.backends.numba_philox import draw_task, philox4x32_10, philox_sampled_grad, philox_task_batch  # noqa: E402
+from iclgd.backends import numba_lanes, numba_philox  # noqa: E402
+from iclgd.backends.numba_backend import loss_and_grad_on_tokens  # noqa: E402
+from iclgd.backends.numba_philox import philox4x32_10, philox_sampled_grad, philox_task_batch  # noqa: E402
 from iclgd.checks import relative_error  # noqa: E402
+from iclgd.models.families import module_of  # noqa: E402
 from iclgd.tasks.examples import Examples  # noqa: E402
 from iclgd.tokens.constructed import encode  # noqa: E402
 
@@ -121,6 +123,60 @@ def test_a_task_is_the_documented_function_of_its_blocks(dtype, bits):
     np.testing.assert_array_equal(inputs[b], uniforms.reshape(n_context + 1, d).astype(dtype))
 
 
+# --- the kernel's own ln, cos and sin (Box-Muller without libm) ----------------------------------------
+
+@numba.njit
+def _log_units(u, out):
+    for i in range(u.size):
+        out[i] = numba_lanes._log_unit(u[i])
+
+
+@numba.njit
+def _cos_sin_turns(u, cos_out, sin_out):
+    for i in range(u.size):
+        cos_out[i] = numba_lanes._cos_turn(u[i], 0)
+        sin_out[i] = numba_lanes._cos_turn(u[i], 1)
+
+
+def unit_grid(bits, k):
+    """The unit draws U = (2k + 1) / 2^(bits + 1) of the stream, as float64 (rounded as the kernel does)."""
+    return (2 * np.asarray(k, np.int64) + 1).astype(np.float64) * 2.0 ** -(bits + 1)
+
+
+@settings(max_examples=20)
+@given(st.sampled_from([24, 53]), st.integers(0, 2**32 - 1))
+def test_the_kernels_log_is_within_two_units_in_the_last_place_of_libms(bits, seed):
+    k = np.random.default_rng(seed).integers(0, 2**bits, 20_000)
+    k[:4] = [0, 1, 2**bits - 1, 2 ** (bits - 1)]  # the ends and the middle of (0, 1)
+    u = unit_grid(bits, k)
+    ours, truth = np.empty_like(u), np.log(u)
+    _log_units(u, ours)
+    exact_zero = truth == 0.0  # U rounded to 1 (53 bits, k = 2^53 - 1)
+    assert np.all(ours[exact_zero] == 0.0)
+    assert np.max(np.abs(ours - truth)[~exact_zero] / np.spacing(np.abs(truth[~exact_zero]))) <= 2.0
+
+
+@settings(max_examples=20)
+@given(st.sampled_from([24, 53]), st.integers(0, 2**32 - 1))
+def test_the_kernels_cos_and_sin_of_a_turn_are_within_two_units_in_the_last_place(bits, seed):
+    """Against libm on the exactly reduced angle: 2 pi U = q pi/2 + 2 pi v, v = U - q/4 (exact),
+    so that the reference keeps its relative accuracy near the zeros of cos and sin."""
+    k = np.random.default_rng(seed).integers(0, 2**bits, 20_000)
+    k[:3] = [0, 2**bits - 1, 2 ** (bits - 2)]
+    u = unit_grid(bits, k)
+    quadrant = np.floor(4 * u + 0.5)
+    theta = 2 * np.pi * (u - quadrant / 4)
+    c, s = np.cos(theta), np.sin(theta)
+    turn = quadrant.astype(np.int64) % 4
+    cos_truth = np.choose(turn, [c, -s, -c, s])
+    sin_truth = np.choose(turn, [s, c, -s, -c])
+    cos_ours, sin_ours = np.empty_like(u), np.empty_like(u)
+    _cos_sin_turns(u, cos_ours, sin_ours)
+    for ours, truth in ((cos_ours, cos_truth), (sin_ours, sin_truth)):
+        assert np.max(np.abs(ours - truth) / np.spacing(np.abs(truth))) <= 2.0
+    assert np.max(np.abs(cos_ours - np.cos(2 * np.pi * u))) <= 1e-15  # and near libm on the unreduced angle
+
+
 # --- the laws of the draws -------------------------------------------------------------------------
 
 
@@ -209,15 +265,6 @@ def test_a_task_does_not_depend_on_the_batch_size_it_is_drawn_in(seed, step, sma
     assert np.array_equal(w_small, w_large[:small]) and np.array_equal(x_small, x_large[:small])
 
 
-@settings(max_examples=10)
-@given(stream_ints, stream_ints, st.integers(0, 9))
-def test_draw_task_fills_the_row_of_its_task_index(seed, step, b):
-    w, x = philox_task_batch(seed, step, 10, 3, 5, 0.5)
-    row, task = np.empty(5), np.empty((4, 5))
-    draw_task(np.uint64(seed), np.uint64(step), b, row, task, 0.5)
-    assert np.array_equal(row, w[b]) and np.array_equal(task, x[b])
-
-
 @settings(max_examples=20)
 @given(stream_ints, stream_ints)
 def test_the_same_seed_and_step_give_the_same_batch(seed, step):
@@ -255,6 +302,24 @@ def test_the_gradient_equals_the_oracle_on_the_same_draws(model):
     loss, grads = philox_sampled_grad(cfg, params, seed, step, batch_size, n_context, a)
     assert abs(loss - truth_loss) <= 1e-9 * max(1.0, truth_loss)
     assert grads.keys() == truth_grads.keys() and relative_error(grads, truth_grads) <= 1e-9
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(["float32", "float64"]), st.integers(1, 5), st.integers(1, 3), st.booleans(), st.booleans(),
+       st.integers(1, 6), st.integers(1, 8), st.integers(1, 200), stream_ints, stream_ints, st.integers(0, 2**20))
+def test_the_kernels_own_draws_give_the_gradient_of_the_stored_batch_bit_for_bit(dtype, n_layers, n_heads, tied,
+                                                                                   include_query, d, n_context,
+                                                                                   batch_size, seed, step, params_seed):
+    """philox_sampled_grad draws inside the lane kernel; the same batch stored (philox_task_batch),
+    made tokens (tokens_and_targets) and run through the kernel on tokens gives the same bits."""
+    cfg = iclgd.LSAConfig(d=d, n_layers=n_layers, n_heads=n_heads, tied=tied, include_query=include_query, dtype=dtype)
+    params = module_of(cfg).check_params(cfg, random_params(cfg, params_seed, 0.15))  # finite through 5 layers
+    w, x = philox_task_batch(seed, step, batch_size, n_context, d, 0.7, dtype)
+    tokens, targets = numba_philox.tokens_and_targets(w, x)
+    stored_loss, stored_grads = loss_and_grad_on_tokens(cfg, params, tokens, targets)
+    loss, grads = philox_sampled_grad(cfg, params, seed, step, batch_size, n_context, 0.7)
+    assert loss == stored_loss and math.isfinite(loss)
+    assert all(grads[name].dtype == np.dtype(dtype) and np.array_equal(grads[name], stored_grads[name]) for name in grads)
 
 
 # --- bad input ---------------------------------------------------------------------------------------

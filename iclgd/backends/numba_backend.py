@@ -74,7 +74,7 @@ import numpy as np
 from iclgd._checks import positive_int
 from iclgd.backends.base import Backend
 from iclgd.backends.numba_lanes import (
-    LOAD_PCG64, LOAD_TOKENS, MODE_GRAD, MODE_MAPS, MODE_PREDICT, MODE_SENSITIVITY, N_CHUNKS, _lane_pass,
+    LOAD_PCG64, LOAD_PHILOX, LOAD_TOKENS, MODE_GRAD, MODE_MAPS, MODE_PREDICT, MODE_SENSITIVITY, N_CHUNKS, _lane_pass,
 )
 from iclgd.models import WEIGHT_NAMES, LSAConfig, attention_products, layer_prefixes
 from iclgd.tasks.inputs import INPUT_LAWS
@@ -235,6 +235,19 @@ def run_on_tokens(cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.
 def loss_and_grad_on_tokens(cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, dict]:
     """(half-MSE loss, gradient like params) on given tokens and targets, params already checked."""
     yhat, d_p, d_r, _, _, prefixes = run_on_tokens(cfg, params, tokens, targets, MODE_GRAD)
+    return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
+
+
+def loss_and_grad_on_philox(cfg: LSAConfig, params: dict, seed: int, step: int, batch_size: int, n_context: int,
+                            x_scale: float) -> tuple[float, dict]:
+    """(half-MSE loss, gradient like params) on batch ``step`` of the Philox stream of ``seed``
+    (iclgd.backends.numba_philox), drawn inside the kernel; arguments already checked
+    (0 <= seed, step < 2^64)."""
+    p, r, slots, prefixes = _products(cfg, params)
+    no_tokens, no_targets = np.zeros((0, n_context + 1, cfg.d), p.dtype), np.zeros(0, p.dtype)
+    stream = np.array([seed, step, 0, 0, 0], np.uint64)
+    yhat, d_p, d_r, _, _, targets = _kernel(no_tokens, np.zeros((batch_size, 0)), no_targets, LOAD_PHILOX, stream,
+                                            0.0, x_scale, cfg.include_query, p, r, slots, MODE_GRAD)
     return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
 
 

@@ -1,5 +1,6 @@
 r"""The numba backend's kernel: every task's K-layer forward and backward on D x D matrices, with
-the tasks of a block as SIMD lanes, and NumPy's PCG64 uniform draws made inside it.
+the tasks of a block as SIMD lanes, and the training draws made inside it (NumPy's PCG64
+uniforms, bit for bit, or whole tasks of the Philox stream of iclgd.backends.numba_philox).
 
 The algebra (iclgd/backends/numba_backend.py's docstring has the derivation).  A layer
 updates every token by ``E' = E M`` with ``M = I + Y``, ``Y = sum_h X_h R_h``, ``X_h = P_h G``,
@@ -60,13 +61,17 @@ Why this shape of code (numba 0.68, LLVM, AMD Zen 4):
   slicing them into views.  Anything numba counts as an alias in the loop's body would drop
   ``noalias`` for the whole kernel: a view, a bool or tuple variable assigned there (hence the
   int flags of ``_plan``, and helpers with one exit and no tuple results built in branches).
+* ``error_model="numpy"`` on the kernel: numba's default model tests every float division for
+  a zero denominator (to raise ZeroDivisionError), a branch that keeps LLVM from vectorising a
+  loop with a division in it (the Philox normals' ln: 0.6 against 4 ns a value, measured); no
+  division in the kernel has a zero denominator.
 * No np.zeros or array expressions in the kernel: each would be a parallel loop of its own
   (a thread launch each); the caller allocates the outputs and adds the chunks.
 * One kernel serves every mode (predict, gradient, sensitivity, the layer maps of
-  ``forward``, the fused sampled training pass) and both dtypes (tokens come in the weights'
-  dtype, draws in float64, rounded on load), so there are two compiled specialisations
-  (float32, float64) in all, about 70 s of CPU each to compile cold (one
-  minute and a half for the per-task kernels this replaced, 140 s against 170 s in all).
+  ``forward``, the fused sampled training passes of both streams) and both dtypes (tokens
+  come in the weights' dtype, draws in float64, rounded on load), so there are two compiled
+  specialisations (float32, float64) in all (cold compilation: ``python -m
+  iclgd.backends.numba_warmup`` with an empty NUMBA_CACHE_DIR, README "numba threads").
 """
 from __future__ import annotations
 
@@ -74,15 +79,16 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 N_CHUNKS = 32  # fixed partition of the batch: results are the same on any number of threads
 LANES = 64  # tasks per SIMD block (a compile-time constant: see the module docstring)
 FAST = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; NaN and inf still propagate
 
 MODE_PREDICT, MODE_GRAD, MODE_SENSITIVITY, MODE_MAPS = 0, 1, 2, 3
-#: where a block's tasks come from: given tokens, or drawn here (weights w given, inputs x from PCG64)
-LOAD_TOKENS, LOAD_PCG64 = 0, 1
+#: where a block's tasks come from: given tokens; drawn here with weights w given and inputs x from
+#: NumPy's PCG64; or drawn here, w and x, from the Philox stream of iclgd.backends.numba_philox
+LOAD_TOKENS, LOAD_PCG64, LOAD_PHILOX = 0, 1, 2
 
 # PCG64 (XSL-RR 128/64, NumPy's default bit generator): the 128-bit LCG multiplier, in 64-bit halves
 _PCG_MULT_HI, _PCG_MULT_LO = np.uint64(0x2360ED051FC65DA4), np.uint64(0x4385DF649FCCF645)
@@ -90,6 +96,18 @@ _PCG_MULT_LO0, _PCG_MULT_LO1 = np.uint64(0x9FCCF645), np.uint64(0x4385DF64)  # i
 _ZERO, _ONE, _ELEVEN, _THIRTY_TWO, _FIFTY_EIGHT, _SIXTY_THREE = (np.uint64(v) for v in (0, 1, 11, 32, 58, 63))
 _LOW_32 = np.uint64(0xFFFFFFFF)
 _TWO_TO_MINUS_53 = 1.0 / 9007199254740992.0
+
+# Philox4x32-10 (the stream of iclgd.backends.numba_philox, whose docstring defines it)
+PHILOX_ROUNDS = 10
+PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+_PH_M0, _PH_M1 = np.uint64(PHILOX_MULTIPLIERS[0]), np.uint64(PHILOX_MULTIPLIERS[1])
+_PH_W0, _PH_W1 = np.uint64(PHILOX_WEYL[0]), np.uint64(PHILOX_WEYL[1])
+_FIVE, _SIX, _EIGHT, _TWENTY_SIX = (np.uint64(v) for v in (5, 6, 8, 26))
+_TWO_PI = 2.0 * np.pi
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = hi + lo, hi with 21 zero low bits
+_SQRT2 = 1.4142135623730951
+_MANTISSA, _EXPONENT_OF_ONE, _FIFTY_TWO = np.uint64(0x000FFFFFFFFFFFFF), np.uint64(0x3FF0000000000000), np.uint64(52)
 
 
 # --- products on per-lane matrices: arr[tid, slot, i, j, lane] -------------------------------------
@@ -353,6 +371,22 @@ def _bits_xor(typingctx, x, bits):
     return types.float64(types.float64, types.uint64), codegen
 
 
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bit pattern of a float64, as a uint64."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.uint64(types.float64), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, bits):
+    """The float64 whose bit pattern is the uint64 ``bits``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.uint64), codegen
+
+
 @njit(cache=True, inline="always")
 def _pcg64_uniform(state_hi, state_lo, inc_hi, inc_lo, low, span, zero_bits):
     """One draw: (the next state, low + span U) as NumPy's Generator.uniform computes it: U is
@@ -389,16 +423,227 @@ def pcg64_uniform_fill(stream, first, low, span, out):
         state_hi, state_lo, out[i] = _pcg64_uniform(state_hi, state_lo, stream[2], stream[3], low, span, stream[4])
 
 
+# --- Philox4x32-10 draws ----------------------------------------------------------------------------
+# The stream of iclgd.backends.numba_philox (its docstring defines which block a number comes from
+# and how words become numbers); here so that the kernel draws its tasks itself, lanes = tasks.
+
+
+@njit(cache=True, inline="always")
+def philox_block(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1), uint32 words in and out:
+    10 rounds of  (hi0, lo0) = M0 c0,  (hi1, lo1) = M1 c2  (64-bit products in 32-bit halves),
+    c <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0),  then k <- k + (W0, W1) mod 2^32.
+    (Words widened only for the products, so that a loop over lanes is vectorised: the 32 x 32
+    -> 64-bit products are one SIMD instruction; no tuples inside the loop, see the docstring.)"""
+    for _ in range(PHILOX_ROUNDS):
+        p0 = np.uint64(c0) * _PH_M0
+        p1 = np.uint64(c2) * _PH_M1
+        high1 = np.uint32(np.uint32(p1 >> _THIRTY_TWO) ^ c1 ^ k0)
+        high0 = np.uint32(np.uint32(p0 >> _THIRTY_TWO) ^ c3 ^ k1)
+        c0, c1, c2, c3 = high1, np.uint32(p1), high0, np.uint32(p0)
+        k0 = np.uint32(k0 + _PH_W0)  # mod 2^32
+        k1 = np.uint32(k1 + _PH_W1)
+    return c0, c1, c2, c3
+
+
+@njit(cache=True)
+def philox_blocks(counters, keys, out):
+    """out[i] = Philox4x32-10 of counters[i] (4 words) under keys[i] (2 words), uint32."""
+    for i in range(counters.shape[0]):
+        w0, w1, w2, w3 = philox_block(counters[i, 0], counters[i, 1], counters[i, 2], counters[i, 3], keys[i, 0],
+                                      keys[i, 1])
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = w0, w1, w2, w3
+
+
+@njit(cache=True, inline="always")
+def _philox_lanes(words, tid, block, first, n_lanes, c2, c3, k0, k1):
+    """words[tid, :, t] = block ``block`` of task first + t: counter (block, first + t, c2, c3)."""
+    for t in range(n_lanes):
+        w0, w1, w2, w3 = philox_block(np.uint32(block), np.uint32(first + t), c2, c3, k0, k1)
+        words[tid, 0, t], words[tid, 1, t], words[tid, 2, t], words[tid, 3, t] = w0, w1, w2, w3
+
+
+def _wide_draws(e):
+    """1 if tasks in e's dtype take 53-bit draws (float64), 0 for 24-bit (float32); compiled code only."""
+    raise NotImplementedError("_wide_draws runs inside numba-compiled code only")
+
+
+@overload(_wide_draws, inline="always")
+def _wide_draws_typed(e):
+    wide = 1 if e.dtype == types.float64 else 0  # a constant of the compiled code, so that LLVM drops the other branch
+    return lambda e: wide
+
+
+@njit(cache=True, inline="always")
+def _philox_bits(words, tid, q, t, wide):
+    """Draw q of lane t's block as an int64 of random bits: wide (53 bits, two draws a block):
+    (word 2q >> 5) 2^26 + (word 2q+1 >> 6); else (24 bits, four a block): word q >> 8."""
+    bits = np.uint64(words[tid, q, t]) >> _EIGHT
+    if wide:
+        bits = (np.uint64(words[tid, 2 * q, t]) >> _FIVE) << _TWENTY_SIX | (np.uint64(words[tid, 2 * q + 1, t]) >> _SIX)
+    return np.int64(bits)
+
+
+@njit(cache=True, inline="always")
+def _log_unit(u):
+    """ln u for a normal float64 u in (0, 1], by series (no libm call, so that a loop of them is
+    vectorised): u = 2^e f with f in [sqrt(1/2), sqrt(2)] (from u's bits), s = (f - 1) / (f + 1)
+    (|s| <= 0.1716; f - 1 is exact), and
+
+        ln u = e ln 2 + 2 atanh s = e ln 2 + 2 s (1 + s^2/3 + s^4/5 + ... + s^20/21),
+
+    truncated where the next term is below 1e-18 of the sum; within a few units in the last
+    place (ln 2 split in two so that e ln 2 is exact to the last bit)."""
+    bits = _float_bits(u)
+    e = np.int64(bits >> _FIFTY_TWO) - 1023
+    f = _bits_float((bits & _MANTISSA) | _EXPONENT_OF_ONE)  # in [1, 2)
+    if f > _SQRT2:
+        f = 0.5 * f
+        e += 1
+    s = (f - 1.0) / (f + 1.0)
+    z = s * s
+    series = 1.0 / 21.0
+    series = series * z + 1.0 / 19.0
+    series = series * z + 1.0 / 17.0
+    series = series * z + 1.0 / 15.0
+    series = series * z + 1.0 / 13.0
+    series = series * z + 1.0 / 11.0
+    series = series * z + 1.0 / 9.0
+    series = series * z + 1.0 / 7.0
+    series = series * z + 1.0 / 5.0
+    series = series * z + 1.0 / 3.0
+    series = series * z + 1.0
+    return e * _LN2_HI + (e * _LN2_LO + 2.0 * s * series)
+
+
+@njit(cache=True, inline="always")
+def _cos_turn(u, sine):
+    """cos 2 pi u (sine = 0) or sin 2 pi u (sine = 1) for u in [0, 1], by series (no libm call):
+    q = round(4u), v = u - q/4 in [-1/8, 1/8] (exact), theta = 2 pi v in [-pi/4, pi/4], and with
+    2 pi u = q pi/2 + theta the quadrant q mod 4 picks +-cos theta or +-sin theta, each by its
+    Taylor series (to theta^18 and theta^17: the next terms are below 1e-19).  Within a few
+    units in the last place, also near the zeros (there it is theta's own series)."""
+    q = np.floor(4.0 * u + 0.5)
+    theta = _TWO_PI * (u - 0.25 * q)
+    z = theta * theta
+    quadrant = (np.int64(q) - sine) & 3  # sin x = cos(x - pi/2): a quarter turn back
+    if quadrant & 1:  # +-sin theta
+        value = 1.0 / 355687428096000.0  # 1/17!
+        value = value * z - 1.0 / 1307674368000.0
+        value = value * z + 1.0 / 6227020800.0
+        value = value * z - 1.0 / 39916800.0
+        value = value * z + 1.0 / 362880.0
+        value = value * z - 1.0 / 5040.0
+        value = value * z + 1.0 / 120.0
+        value = value * z - 1.0 / 6.0
+        value = theta + theta * (value * z)
+    else:  # +-cos theta
+        value = 1.0 / 6402373705728000.0  # 1/18!
+        value = value * z - 1.0 / 20922789888000.0
+        value = value * z + 1.0 / 87178291200.0
+        value = value * z - 1.0 / 479001600.0
+        value = value * z + 1.0 / 3628800.0
+        value = value * z - 1.0 / 40320.0
+        value = value * z + 1.0 / 720.0
+        value = value * z - 1.0 / 24.0
+        value = value * z + 0.5
+        value = 1.0 - value * z
+    return -value if quadrant == 1 or quadrant == 2 else value
+
+
+@njit(cache=True, fastmath=FAST, inline="always")
+def _draw_block_philox(e, stream, x_scale, first, n_lanes, lane, labels, w_drawn, words, tid):
+    """Tasks first .. first + n_lanes - 1 of the Philox stream of (seed, step) = stream[0], stream[1]:
+    w ~ N(0, I_d) into w_drawn[tid] (d, LANES) and x ~ U(-x_scale, x_scale) into e[tid] with
+    labels (x_i, w.x_i), (x_q, 0) and targets w.x_q in lane[tid, 1], all in e's dtype (53-bit
+    draws for float64, 24-bit for float32); labels summed in float64 over k = 0 .. d - 1 from
+    the rounded w and x, rounded once (as numba_philox.tokens_and_targets does; the products
+    pass _bits_xor with the zero stream[4], so that they are not fused into the sums).
+
+    Block j of task b: counter (j, b, seed >> 32, step >> 32), key (seed, step) mod 2^32; the
+    weights first (Box-Muller on pairs of unit draws U = (2k + 1) 2^-(m+1)), then the inputs row
+    by row, x = x_scale (2k + 1 - 2^m) 2^-m; a block's draws past the last weight are dropped."""
+    n_tokens, dim = e.shape[1], e.shape[2]
+    d = dim - 1
+    wide = _wide_draws(e)
+    per_block = 2 if wide else 4
+    m_int = np.int64(9007199254740992 if wide else 16777216)  # 2^m
+    inv_m_pow = 1.0 / np.float64(m_int)
+    unit_scale = 0.5 * inv_m_pow
+    k0, k1 = np.uint32(stream[0] & _LOW_32), np.uint32(stream[1] & _LOW_32)
+    c2, c3 = np.uint32(stream[0] >> _THIRTY_TWO), np.uint32(stream[1] >> _THIRTY_TWO)
+    n_weight_blocks = (d + per_block - 1) // per_block
+    for j in range(n_weight_blocks):
+        _philox_lanes(words, tid, j, first, n_lanes, c2, c3, k0, k1)
+        for pair in range(per_block // 2):
+            i = per_block * j + 2 * pair
+            if i < d:
+                for t in range(n_lanes):
+                    u1 = np.float64(2 * _philox_bits(words, tid, 2 * pair, t, wide) + 1) * unit_scale
+                    u2 = np.float64(2 * _philox_bits(words, tid, 2 * pair + 1, t, wide) + 1) * unit_scale
+                    radius = np.sqrt(-2.0 * _log_unit(u1))
+                    w_drawn[tid, i, t] = radius * _cos_turn(u2, 0)
+                    if i + 1 < d:
+                        w_drawn[tid, i + 1, t] = radius * _cos_turn(u2, 1)
+    for row in range(n_tokens):  # (rows and coordinates as loops, the block's words fetched as needed: vectorised)
+        for t in range(n_lanes):
+            labels[tid, t] = 0.0
+        for k in range(d):
+            f = row * d + k  # the input's place in the task's inputs
+            q = f % per_block
+            if q == 0:
+                _philox_lanes(words, tid, n_weight_blocks + f // per_block, first, n_lanes, c2, c3, k0, k1)
+            for t in range(n_lanes):
+                e[tid, row, k, t] = np.float64(2 * _philox_bits(words, tid, q, t, wide) + 1 - m_int) * inv_m_pow * x_scale
+                labels[tid, t] += _bits_xor(np.float64(e[tid, row, k, t]) * np.float64(w_drawn[tid, k, t]), stream[4])
+        for t in range(n_lanes):
+            e[tid, row, d, t] = labels[tid, t] if row < n_tokens - 1 else 0.0
+    for t in range(n_lanes):
+        lane[tid, 1, t] = labels[tid, t]
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", forceinline=True)
+def _philox_fill_block(block, tid, stream, x_scale, weights, inputs, e, lane, labels, w_drawn, words):
+    """Tasks of block ``block`` (LANES tasks) drawn into e[tid] and w_drawn[tid], then copied out."""
+    batch, n_tokens, d = inputs.shape
+    first = block * LANES
+    n_lanes = min(LANES, batch - first)
+    _draw_block_philox(e, stream, x_scale, first, n_lanes, lane, labels, w_drawn, words, tid)
+    for t in range(n_lanes):
+        for k in range(d):
+            weights[first + t, k] = w_drawn[tid, k, t]
+        for row in range(n_tokens):
+            for k in range(d):
+                inputs[first + t, row, k] = e[tid, row, k, t]
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def philox_task_fill(stream, x_scale, weights, inputs, n_threads):
+    """weights (B, d) and inputs (B, T, d) of one float dtype: the batch of (seed, step) =
+    stream[0], stream[1] of the Philox stream (_draw_block_philox), in parallel over blocks of
+    LANES tasks; n_threads as for _lane_pass."""
+    batch, n_tokens, d = inputs.shape
+    dt = inputs.dtype
+    e = np.empty((n_threads, n_tokens, d + 1, LANES), dt)
+    lane = np.empty((n_threads, 3, LANES), dt)
+    labels = np.empty((n_threads, LANES))
+    w_drawn = np.empty((n_threads, d, LANES), dt)
+    words = np.empty((n_threads, 4, LANES), np.uint32)
+    for block in prange((batch + LANES - 1) // LANES):
+        _philox_fill_block(np.int64(block), numba.get_thread_id(), stream, x_scale, weights, inputs, e, lane, labels,
+                           w_drawn, words)
+
+
 # --- loading a block of tasks ----------------------------------------------------------------------
 
 
 @njit(cache=True, fastmath=FAST, inline="always")
 def _load_block(e, source, weights, targets_in, load, stream, jump, low, span, first, n_lanes, lane, labels, w_lanes,
-                pcg, pcg_next, tid):
+                pcg, pcg_next, w_drawn, words, tid):
     """Write tasks first .. first + n_lanes - 1 into e[tid] (T, D, LANES) and their targets into
     lane[tid, 1]; the lanes past n_lanes get zero tokens and target 0.  LOAD_TOKENS: source
-    holds the tokens (B, T, D), targets_in the targets; LOAD_PCG64: the tasks are drawn
-    (_draw_block).  Values are rounded to e's dtype."""
+    holds the tokens (B, T, D), targets_in the targets; LOAD_PCG64 and LOAD_PHILOX: the tasks
+    are drawn (_draw_block, _draw_block_philox).  Values are rounded to e's dtype."""
     n_tokens, dim = e.shape[1], e.shape[2]
     for row in range(n_tokens):
         for k in range(dim):
@@ -413,8 +658,10 @@ def _load_block(e, source, weights, targets_in, load, stream, jump, low, span, f
                     e[tid, row, k, t] = source[first + t, row, k]
         for t in range(n_lanes):
             lane[tid, 1, t] = targets_in[first + t]
-    else:
+    elif load == LOAD_PCG64:
         _draw_block(e, weights, stream, jump, low, span, first, n_lanes, lane, labels, w_lanes, pcg, pcg_next, tid)
+    else:
+        _draw_block_philox(e, stream, span, first, n_lanes, lane, labels, w_drawn, words, tid)
 
 
 @njit(cache=True, fastmath=FAST, inline="always")
@@ -469,10 +716,10 @@ def _plan(mode, n_layers, n_heads, dim):
     return n_full, grad, propagate, low_rank, form_gamma
 
 
-@njit(cache=True, fastmath=FAST, forceinline=True)
+@njit(cache=True, fastmath=FAST, error_model="numpy", forceinline=True)
 def _chunk_pass(chunk, tid, source, weights, targets_in, load, stream, jump, low, span, include_query, p, r, slots,
                 mode, yhat, targets, sens, maps, d_p, d_r, e, gs, xs, ys, ws, a_rows, us, ss, vecs, sbars, v1s, v2s,
-                w1s, w2s, lane, labels, w_lanes, pcg, pcg_next, mbar, tm, qs, zs, gam, dp_acc, dr_acc):
+                w1s, w2s, lane, labels, w_lanes, pcg, pcg_next, w_drawn, words, mbar, tm, qs, zs, gam, dp_acc, dr_acc):
     """Chunk ``chunk`` of _lane_pass on scratch row ``tid``: its blocks of LANES tasks, forward and
     backward, and its gradient summed over its lanes into d_p[chunk], d_r[chunk].  A function of
     its own, so that numba's parallel-loop passes see a one-line loop body (on the inlined body
@@ -500,7 +747,7 @@ def _chunk_pass(chunk, tid, source, weights, targets_in, load, stream, jump, low
     for first in range(start, stop, LANES):
         n_lanes = min(LANES, stop - first)
         _load_block(e, source, weights, targets_in, load, stream, jump, low, span, first, n_lanes, lane, labels, w_lanes,
-                    pcg, pcg_next, tid)
+                    pcg, pcg_next, w_drawn, words, tid)
         for t in range(n_lanes):
             targets[first + t] = lane[tid, 1, t]
 
@@ -649,7 +896,7 @@ def _chunk_pass(chunk, tid, source, weights, targets_in, load, stream, jump, low
                 d_r[chunk, hs // n_heads, hs % n_heads, i, j] = acc_r
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _lane_pass(source, weights, targets_in, load, stream, low, span, include_query, p, r, slots, mode, n_threads,
                yhat, targets, sens, maps, d_p, d_r):
     """All tasks of a batch, in the dtype of p and r (S, H, D, D); fills the outputs.
@@ -658,8 +905,10 @@ def _lane_pass(source, weights, targets_in, load, stream, low, span, include_que
     (B,), both in p's dtype, weights (B, 0); LOAD_PCG64: noise-free tasks with weights w (B, d)
     and inputs x drawn from the PCG64 stream = (s_hi, s_lo, c_hi, c_lo, 0) (uint64: its state
     before the batch's first input, its increment, and a zero, see _pcg64_uniform) as
-    uniform(low, low + span) (float64, rounded to p's dtype on load); source an empty
-    (0, T, d) array of p's dtype giving T, targets_in empty.  slots (K,): each layer's index
+    uniform(low, low + span) (float64, rounded to p's dtype on load); LOAD_PHILOX: noise-free
+    tasks drawn from the Philox stream of (seed, step) = stream[0], stream[1] (stream[4] a zero)
+    with x ~ U(-span, span) (_draw_block_philox), weights (B, 0) giving B; for both, source an
+    empty (0, T, d) array of p's dtype giving T, targets_in empty.  slots (K,): each layer's index
     into p and r; n_threads: at least the number of threads numba may run
     (``numba.config.NUMBA_NUM_THREADS``: the scratch has a row per thread;
     ``numba.get_num_threads()`` in here would keep numba from caching the kernel, and np.empty
@@ -700,6 +949,8 @@ def _lane_pass(source, weights, targets_in, load, stream, low, span, include_que
     w_lanes = np.empty((n_threads, weights.shape[1], LANES))  # float64 weights of the block's tasks
     pcg = np.empty((n_threads, 2, LANES), np.uint64)  # each lane's PCG64 state
     pcg_next = np.empty((n_threads, 2), np.uint64)  # the next block's first draw
+    w_drawn = np.empty((n_threads, dim - 1 if load == LOAD_PHILOX else 0, LANES), dt)  # Philox weights, rounded
+    words = np.empty((n_threads, 4, LANES), np.uint32)  # a Philox block of every lane
     jump = np.empty(4, np.uint64)  # the affine map of one task's draws
     jump[0], jump[1], jump[2], jump[3] = _pcg64_jump(stream[2], stream[3], n_tokens * (dim - 1))
     mbar = np.empty((n_threads, n_bwd, dim, dim, LANES), dt)
@@ -713,5 +964,5 @@ def _lane_pass(source, weights, targets_in, load, stream, low, span, include_que
     for chunk in prange(n_chunks):  # (the index is uint64 in the compiled loop: one signature of _chunk_pass)
         _chunk_pass(np.int64(chunk), numba.get_thread_id(), source, weights, targets_in, load, stream, jump, low, span,
                     include_query, p, r, slots, mode, yhat, targets, sens, maps, d_p, d_r, e, gs, xs, ys, ws, a_rows,
-                    us, ss, vecs, sbars, v1s, v2s, w1s, w2s, lane, labels, w_lanes, pcg, pcg_next, mbar, tm, qs, zs,
-                    gam, dp_acc, dr_acc)
+                    us, ss, vecs, sbars, v1s, v2s, w1s, w2s, lane, labels, w_lanes, pcg, pcg_next, w_drawn, words, mbar,
+                    tm, qs, zs, gam, dp_acc, dr_acc)

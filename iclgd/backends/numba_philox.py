@@ -43,78 +43,55 @@ a^2 (1 - 4^-m) / 3.  Normals are Box-Muller on a pair (U1, U2) of unit draws:
 two exact N(0, 1) draws per pair up to the grid of U (so |z| <= sqrt(2 ln 2^(m+1)): 8.65 in
 float64, 5.89 in float32, where N(0, 1) puts 4e-9 of its mass beyond 5.89).  A float64 block
 gives one pair (two normals), a float32 block two pairs (four).  The arithmetic after the
-integer part is in float64, rounded once to the dtype.  Results are bit-for-bit the same for
-any thread count and chunking; across machines only libm's log, cos and sin may differ in the
-last bit.
+integer part is in float64, rounded once to the dtype; ln, cos and sin are not libm's but
+series of the kernel's own (numba_lanes ``_log_unit``, ``_cos_turn``: ln u by 2 atanh after
+taking out u's power of two; cos and sin of 2 pi U after an exact reduction of U to
+[-1/8, 1/8] turn), within a few units in the last place of float64 (tests measure 2 and 1),
+so that the loop over tasks is vectorised (a libm call per lane is not).  Results are
+bit-for-bit the same for any thread count and chunking; across machines they may differ in
+the last bit where the compiler fuses multiply-adds differently.
 
 Entry points:
-    philox_task_batch(seed, step, B, N, d, a, dtype)   -> w (B, d), x (B, N + 1, d), prange over tasks
-    draw_task(seed, step, b, w_row, x_task, a)         -> fills one task (inlined into kernels)
+    philox4x32_10(counters, keys)                      -> the generator's blocks
+    philox_task_batch(seed, step, B, N, d, a, dtype)   -> w (B, d), x (B, N + 1, d)
     tokens_and_targets(w, x)                            -> tokens (B, N + 1, d + 1), targets (B,) of a batch
-    philox_sampled_grad(cfg, params, seed, step, B, N, a) -> (half-MSE loss, grads) of that batch, on the
-                                                          numba backend's kernel
+    philox_sampled_grad(cfg, params, seed, step, B, N, a) -> (half-MSE loss, grads) of that batch
+    philox_gradient(cfg, params, seed, B, N, a)        -> the same as a function of (params, step),
+                                                          checked once (for a training loop)
 
-The gradient: ``philox_sampled_grad`` draws the batch with the parallel kernel above, builds
-tokens and labels from it (labels summed in float64 and rounded once to the dtype) and hands
-them to the numba backend's lane kernel (iclgd.backends.numba_lanes), the kernel every other
-numba gradient runs on; so this module adds no gradient code of its own.  (It used to fuse the
-draws into a per-task gradient pass, one loop from draw to gradient; that pass cost about 22 s
-of compilation for each dtype and, at three layers, ten times the lane kernel's time a step.)
+Where the code is: the compiled draws live in iclgd.backends.numba_lanes (``philox_block``,
+``_draw_block_philox``), next to the numba backend's kernel, because the kernel draws a block
+of tasks itself, one task per SIMD lane: ``philox_sampled_grad`` is one pass of that kernel
+(numba backend's ``loss_and_grad_on_philox``) that draws, builds the tokens and labels and
+computes the gradient without storing the batch; ``philox_task_batch`` runs the same draw code
+and stores the batch.  (numba's disk cache checks only the source file of a cached function,
+so compiled code that is inlined into a cached kernel is kept in that kernel's file.)  This
+module holds the stream's definition, the checks and the plain path from a stored batch to
+tokens (``tokens_and_targets``), against which the kernel's own tokens are tested.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from iclgd import limits
 from iclgd._checks import finite_float, float_dtype, nonnegative_int, positive_int
-from iclgd.backends.numba_backend import loss_and_grad_on_tokens
+from iclgd.backends.numba_backend import loss_and_grad_on_philox
+from iclgd.backends.numba_lanes import PHILOX_MULTIPLIERS, PHILOX_ROUNDS, PHILOX_WEYL, philox_blocks, philox_task_fill
 from iclgd.models.families import module_of
 from iclgd.models.lsa import LSAConfig
 
 #: The stream's name, as a checkpoint would record it (its state is (seed, t)).
 STREAM = "iclgd.backends.numba_philox: Philox4x32-10, key (seed, t) mod 2^32, counter (block, task, (seed, t) div 2^32)"
 
-ROUNDS = 10
-MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
-WEYL = (0x9E3779B9, 0xBB67AE85)
+ROUNDS, MULTIPLIERS, WEYL = PHILOX_ROUNDS, PHILOX_MULTIPLIERS, PHILOX_WEYL
 
-_M0, _M1 = np.uint64(MULTIPLIERS[0]), np.uint64(MULTIPLIERS[1])
-_W0, _W1 = np.uint64(WEYL[0]), np.uint64(WEYL[1])
-_LOW = np.uint64(0xFFFFFFFF)
-_HALF = np.uint64(32)
-_SHIFT_HI, _SHIFT_LO, _SHIFT_24, _PLACE = np.uint64(5), np.uint64(6), np.uint64(8), np.uint64(26)
 _WORD_LIMIT = 2**32  # task indices and block indices are one counter word each
 _SEED_LIMIT = 2**64  # seeds and steps fill a key word and a counter word
-_TWO_PI = 2.0 * np.pi
 
 
-# --- the generator -------------------------------------------------------------------------------
-
-
-@njit(cache=True, inline="always")
-def _block(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1), uint32 words in and out.
-    (Written on 32-bit words, widened only for the products, so that LLVM vectorises loops over
-    counters: the 32 x 32 -> 64-bit products are one SIMD instruction.)"""
-    for _ in range(ROUNDS):
-        p0 = np.uint64(c0) * _M0
-        p1 = np.uint64(c2) * _M1
-        c0, c1, c2, c3 = (np.uint32(np.uint32(p1 >> _HALF) ^ c1 ^ k0), np.uint32(p1),
-                          np.uint32(np.uint32(p0 >> _HALF) ^ c3 ^ k1), np.uint32(p0))
-        k0 = np.uint32(k0 + _W0)  # mod 2^32
-        k1 = np.uint32(k1 + _W1)
-    return c0, c1, c2, c3
-
-
-@njit(cache=True)
-def _blocks(counters, keys, out):
-    for i in range(counters.shape[0]):
-        c, k = counters[i], keys[i]
-        words = _block(c[0], c[1], c[2], c[3], k[0], k[1])
-        for j in range(4):
-            out[i, j] = words[j]
+# --- the generator and a batch ---------------------------------------------------------------------
 
 
 def philox4x32_10(counters, keys) -> np.ndarray:
@@ -129,151 +106,8 @@ def philox4x32_10(counters, keys) -> np.ndarray:
     if counters.shape[0] != keys.shape[0]:
         raise ValueError(f"counters and keys must have as many rows; got {counters.shape[0]} and {keys.shape[0]}")
     out = np.zeros(counters.shape, np.uint32)
-    _blocks(np.ascontiguousarray(counters, np.uint32), np.ascontiguousarray(keys, np.uint32), out)
+    philox_blocks(np.ascontiguousarray(counters, np.uint32), np.ascontiguousarray(keys, np.uint32), out)
     return out
-
-
-# --- words to numbers ---------------------------------------------------------------------------
-
-_P53, _INV_P53, _INV_P54 = 2**53, 2.0**-53, 2.0**-54
-_P24, _INV_P24, _INV_P25 = 2**24, 2.0**-24, 2.0**-25
-
-
-@njit(cache=True, inline="always")
-def _bits53(hi, lo):
-    """53 random bits of two words: (hi >> 5) 2^26 + (lo >> 6), an int64 in [0, 2^53)."""
-    return np.int64((np.uint64(hi) >> _SHIFT_HI) << _PLACE | (np.uint64(lo) >> _SHIFT_LO))
-
-
-@njit(cache=True, inline="always")
-def _bits24(word):
-    """24 random bits of one word: word >> 8, an int64 in [0, 2^24)."""
-    return np.int64(np.uint64(word) >> _SHIFT_24)
-
-
-@njit(cache=True, inline="always")
-def _unit(k, scale):
-    """U = (2k + 1) / 2^(m+1) in (0, 1), from m random bits k, scale = 2^-(m+1)."""
-    return np.float64(2 * k + 1) * scale
-
-
-@njit(cache=True, inline="always")
-def _symmetric(k, m_pow, inv_m_pow, a):
-    """x = a (2k + 1 - 2^m) / 2^m in (-a, a), from m random bits k (m_pow = 2^m)."""
-    return (np.float64(2 * k + 1 - m_pow) * inv_m_pow) * a
-
-
-@njit(cache=True, inline="always")
-def _box_muller(u1, u2):
-    """Two independent N(0, 1) draws from two unit draws in (0, 1)."""
-    radius = np.sqrt(-2.0 * np.log(u1))
-    angle = _TWO_PI * u2
-    return radius * np.cos(angle), radius * np.sin(angle)
-
-
-@njit(cache=True, inline="always")
-def _fill_normals53(out, c1, c2, c3, k0, k1):
-    """out (n,) ~ N(0, 1), two a block (53-bit unit draws) from block 0 on; returns the number
-    of blocks used."""
-    n = out.shape[0]
-    n_blocks = (n + 1) // 2
-    for j in range(n_blocks):
-        w0, w1, w2, w3 = _block(np.uint32(j), c1, c2, c3, k0, k1)
-        z0, z1 = _box_muller(_unit(_bits53(w0, w1), _INV_P54), _unit(_bits53(w2, w3), _INV_P54))
-        out[2 * j] = z0
-        if 2 * j + 1 < n:
-            out[2 * j + 1] = z1
-    return n_blocks
-
-
-@njit(cache=True, inline="always")
-def _fill_normals24(out, c1, c2, c3, k0, k1):
-    """out (n,) ~ N(0, 1), four a block (two pairs of 24-bit unit draws) from block 0 on;
-    returns the number of blocks used."""
-    n = out.shape[0]
-    n_blocks = (n + 3) // 4
-    for j in range(n_blocks):
-        w0, w1, w2, w3 = _block(np.uint32(j), c1, c2, c3, k0, k1)
-        z0, z1 = _box_muller(_unit(_bits24(w0), _INV_P25), _unit(_bits24(w1), _INV_P25))
-        z2, z3 = _box_muller(_unit(_bits24(w2), _INV_P25), _unit(_bits24(w3), _INV_P25))
-        values = (z0, z1, z2, z3)
-        for lane in range(min(4, n - 4 * j)):
-            out[4 * j + lane] = values[lane]
-    return n_blocks
-
-
-@njit(cache=True, inline="always")
-def _fill_uniforms53(out, first, c1, c2, c3, k0, k1, a):
-    """out (n,) ~ U(-a, a), 53-bit, two a block from block ``first`` on (a loop LLVM vectorises)."""
-    n = out.shape[0]
-    for j in range(n // 2):
-        w0, w1, w2, w3 = _block(np.uint32(first + j), c1, c2, c3, k0, k1)
-        out[2 * j] = _symmetric(_bits53(w0, w1), _P53, _INV_P53, a)
-        out[2 * j + 1] = _symmetric(_bits53(w2, w3), _P53, _INV_P53, a)
-    if n % 2:
-        w0, w1, w2, w3 = _block(np.uint32(first + n // 2), c1, c2, c3, k0, k1)
-        out[n - 1] = _symmetric(_bits53(w0, w1), _P53, _INV_P53, a)
-
-
-@njit(cache=True, inline="always")
-def _fill_uniforms24(out, first, c1, c2, c3, k0, k1, a):
-    """out (n,) ~ U(-a, a), 24-bit, four a block from block ``first`` on."""
-    n = out.shape[0]
-    for j in range(n // 4):
-        w0, w1, w2, w3 = _block(np.uint32(first + j), c1, c2, c3, k0, k1)
-        out[4 * j] = _symmetric(_bits24(w0), _P24, _INV_P24, a)
-        out[4 * j + 1] = _symmetric(_bits24(w1), _P24, _INV_P24, a)
-        out[4 * j + 2] = _symmetric(_bits24(w2), _P24, _INV_P24, a)
-        out[4 * j + 3] = _symmetric(_bits24(w3), _P24, _INV_P24, a)
-    rest = n % 4
-    if rest:
-        words = _block(np.uint32(first + n // 4), c1, c2, c3, k0, k1)
-        for lane in range(rest):
-            out[n - rest + lane] = _symmetric(_bits24(words[lane]), _P24, _INV_P24, a)
-
-
-def _fill_task(weights_row, flat_inputs, c1, c2, c3, k0, k1, x_scale):
-    """Stand-in for compiled code: numba types each call by the buffers' dtype (the overload
-    below), so a kernel compiles the 24-bit or the 53-bit draws, never both."""
-    raise NotImplementedError("_fill_task runs inside numba-compiled code only")
-
-
-@overload(_fill_task, inline="always")
-def _fill_task_typed(weights_row, flat_inputs, c1, c2, c3, k0, k1, x_scale):
-    if weights_row.dtype == types.float32:
-        def fill_24_bit(weights_row, flat_inputs, c1, c2, c3, k0, k1, x_scale):
-            first = _fill_normals24(weights_row, c1, c2, c3, k0, k1)
-            _fill_uniforms24(flat_inputs, first, c1, c2, c3, k0, k1, x_scale)
-        return fill_24_bit
-
-    def fill_53_bit(weights_row, flat_inputs, c1, c2, c3, k0, k1, x_scale):
-        first = _fill_normals53(weights_row, c1, c2, c3, k0, k1)
-        _fill_uniforms53(flat_inputs, first, c1, c2, c3, k0, k1, x_scale)
-    return fill_53_bit
-
-
-# --- one task, a batch ----------------------------------------------------------------------------
-
-
-@njit(inline="always", cache=True)
-def draw_task(seed, step, b, weights_row, inputs_task, x_scale):
-    """Fill task ``b`` of step ``step`` of the stream of ``seed``: weights_row (d,) ~ N(0, I_d),
-    inputs_task (N + 1, d) ~ U(-x_scale, x_scale), in the buffers' dtype (float32 buffers use
-    24-bit draws, other float buffers 53-bit; see the module docstring).
-
-    For compiled callers: no checks here (seed, step in [0, 2^64), b in [0, 2^32), x_scale > 0,
-    weights_row and inputs_task of one float dtype, inputs_task C-contiguous)."""
-    s, t = np.uint64(seed), np.uint64(step)
-    k0, k1 = np.uint32(s & _LOW), np.uint32(t & _LOW)
-    c1, c2, c3 = np.uint32(b), np.uint32(s >> _HALF), np.uint32(t >> _HALF)
-    flat = inputs_task.reshape(inputs_task.size)  # a view: row by row, coordinate by coordinate
-    _fill_task(weights_row, flat, c1, c2, c3, k0, k1, x_scale)
-
-
-@njit(parallel=True, cache=True)
-def _task_batch(seed, step, weights, inputs, x_scale):
-    for b in prange(weights.shape[0]):
-        draw_task(seed, step, b, weights[b], inputs[b], x_scale)
 
 
 def _stream_args(seed, step, batch_size, n_context, x_scale):
@@ -307,7 +141,7 @@ def philox_task_batch(seed: int, step: int, batch_size: int, n_context: int, d: 
                        f"drawing {batch_size} tasks of d = {d} weights and (N + 1) x d = {n_context + 1} x {d} inputs")
     weights = np.empty((batch_size, d), dtype)
     inputs = np.empty((batch_size, n_context + 1, d), dtype)
-    _task_batch(seed, step, weights, inputs, x_scale)
+    philox_task_fill(np.array([seed, step, 0, 0, 0], np.uint64), x_scale, weights, inputs, numba.config.NUMBA_NUM_THREADS)
     return weights, inputs
 
 
@@ -345,21 +179,38 @@ def philox_sampled_grad(cfg: LSAConfig, params: dict, seed: int, step: int, batc
                         x_scale: float) -> tuple[float, dict[str, np.ndarray]]:
     """(half-MSE loss, gradient) of an LSA on batch ``step`` of the Philox stream of ``seed``:
     the ``batch_size`` noise-free tasks w ~ N(0, I_d), x ~ U(-x_scale, x_scale)^d, y = w.x of
-    ``philox_task_batch(seed, step, batch_size, n_context, cfg.d, x_scale, cfg.dtype)``, as tokens
-    (``tokens_and_targets``) through the numba backend's gradient kernel.
+    ``philox_task_batch(seed, step, batch_size, n_context, cfg.d, x_scale, cfg.dtype)``, drawn
+    inside the numba backend's kernel, which builds the tokens as ``tokens_and_targets`` does
+    (labels summed in float64, rounded once) and computes the gradient in the same pass.
     Returns what ``NumbaBackend._sample_loss_and_grad`` returns: (float loss, dict like params)."""
+    if not isinstance(cfg, LSAConfig):
+        raise ValueError(f"cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}")
+    params = module_of(cfg).check_params(cfg, params)  # in cfg.dtype
+    step = int(_stream_args(seed, step, 1, 1, 1.0)[1])
+    return philox_gradient(cfg, params, seed, batch_size, n_context, x_scale)(params, step)
+
+
+def philox_gradient(cfg: LSAConfig, params: dict, seed: int, batch_size: int, n_context: int, x_scale: float):
+    """``gradient(params, step) -> philox_sampled_grad(cfg, params, seed, step, batch_size,
+    n_context, x_scale)``, everything checked here, once: for a training loop, whose params keep
+    the names, shapes and dtype (cfg.dtype) of the ``params`` checked here and whose steps are in
+    [0, 2^64)."""
     if not isinstance(cfg, LSAConfig):
         raise ValueError(f"cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}")
     n_context = positive_int("n_context", n_context)
     if cfg.n_context is not None and cfg.n_context != n_context:
         raise ValueError(f"n_context must match cfg.n_context = {cfg.n_context}; got {n_context}")
-    params = module_of(cfg).check_params(cfg, params)
-    batch_size = positive_int("batch_size", batch_size, maximum=_WORD_LIMIT - 1)
-    n_tokens, itemsize = n_context + 1, np.dtype(cfg.dtype).itemsize
-    limits.check_bytes(f"batch_size = {batch_size} (with n_context = {n_context}, d = {cfg.d})",
-                       batch_size * n_tokens * (cfg.d * (8 + itemsize) + (cfg.d + 1) * itemsize + 8),
-                       f"the tokens of {batch_size} tasks of (N + 1) x (d + 1) = {n_tokens} x {cfg.d + 1} numbers "
-                       "and their float64 labels")
-    weights, inputs = philox_task_batch(seed, step, batch_size, n_context, cfg.d, x_scale, cfg.dtype)
-    tokens, targets = tokens_and_targets(weights, inputs)
-    return loss_and_grad_on_tokens(cfg, params, tokens, targets)
+    module_of(cfg).check_params(cfg, params)
+    wrong = sorted(name for name, value in params.items() if np.asarray(value).dtype != np.dtype(cfg.dtype))
+    if wrong:
+        raise ValueError(f"params must be in cfg.dtype = {cfg.dtype}; got {params[wrong[0]].dtype} for {wrong}")
+    seed, _, batch_size, n_context, x_scale = _stream_args(seed, 0, batch_size, n_context, x_scale)
+    _check_blocks(n_context, cfg.d)
+    limits.check_bytes(f"batch_size = {batch_size}", 3 * batch_size * np.dtype(cfg.dtype).itemsize,
+                       f"the predictions, targets and errors of {batch_size} tasks")
+    seed = int(seed)
+
+    def gradient(params: dict, step: int) -> tuple[float, dict[str, np.ndarray]]:
+        return loss_and_grad_on_philox(cfg, params, seed, step, batch_size, n_context, x_scale)
+
+    return gradient

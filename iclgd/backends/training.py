@@ -84,9 +84,9 @@ def trainer_for(backend, config):
 class HostTrainer:
     """Updates on the host: batch t from ``batch_rng(seed, t)``, the backend's
     ``sample_loss_and_grad`` (which may fuse sampling and the gradient; with sampler "philox",
-    numba_philox.philox_sampled_grad on batch t of the Philox stream), then the NumPy optimiser
-    ``adam_chain`` (clipping, Adam, the rate schedule) through its update and ``apply_updates``.
-    Backends return one from ``trainer(config)``; the jax backend has its own."""
+    numba_philox.philox_gradient on batch t of the Philox stream, drawn inside the kernel), then
+    the NumPy optimiser ``adam_chain`` (clipping, Adam, the rate schedule) through its update and
+    ``apply_updates``.  Backends return one from ``trainer(config)``; the jax backend has its own."""
 
     def __init__(self, backend, config):
         self.backend, self.config, self.adam = backend, config, config.train.adam()
@@ -97,12 +97,16 @@ class HostTrainer:
         norm or new parameter value): its record is last and the state is the one before it."""
         cfg, task, train_cfg = self.config.model, self.config.task, self.config.train
         records = []
-        for _ in range(n_steps):
-            if getattr(train_cfg, "sampler", "numpy") == "philox":  # RunConfig allows it on numba with plain tasks only
-                from iclgd.backends.numba_philox import philox_sampled_grad
+        philox_gradient_at = None
+        if getattr(train_cfg, "sampler", "numpy") == "philox":  # RunConfig allows it on numba with plain tasks only
+            from iclgd.backends.numba_philox import philox_gradient
 
-                loss, grads = philox_sampled_grad(cfg, state.params, train_cfg.seed, state.step, train_cfg.batch_size,
-                                                  task.n_context, task.x_scale)
+            # checked once: the updates keep the params' names, shapes and dtype
+            philox_gradient_at = philox_gradient(cfg, state.params, train_cfg.seed, train_cfg.batch_size, task.n_context,
+                                                 task.x_scale)
+        for _ in range(n_steps):
+            if philox_gradient_at is not None:
+                loss, grads = philox_gradient_at(state.params, state.step)
             else:
                 rng = batch_rng(train_cfg.seed, state.step)
                 loss, grads = self.backend.sample_loss_and_grad(cfg, task, state.params, train_cfg.batch_size, rng)
