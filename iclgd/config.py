@@ -87,9 +87,9 @@ class TrainConfig:
     sampler: "numpy" - batch t is ``task.sample(batch_size, batch_rng(seed, t))`` on the host, the
     same numbers on every backend; "jax" - drawn inside the jax backend's jitted step from
     ``jax.random.fold_in(PRNGKey(seed), t)`` (another stream: fast, for full-scale runs);
-    "philox" - drawn by compiled numba code from a Philox4x32-10 stream keyed
-    by (seed, t), task by task (``iclgd.backends.numba_philox``: another stream, the same for any
-    thread count; noise-free tasks with w ~ N(0, I) and uniform inputs only)."""
+    "philox" - drawn inside the numba backend's kernel from a Philox4x32-10 stream keyed
+    by (seed, t), a task per SIMD lane (``iclgd.backends.numba_philox``: another stream, the same
+    for any thread count; noise-free tasks with w ~ N(0, I) and uniform inputs only)."""
 
     steps: int = 5000
     batch_size: int = 2048
