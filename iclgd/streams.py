@@ -32,7 +32,8 @@ from iclgd._checks import nonnegative_int
 
 #: How each sampler's batch stream is written in a checkpoint (the stream's name; its state is (seed, t)).
 DATA_STREAMS = {"numpy": "iclgd.train.batch_rng(seed, t)", "jax": "jax.random.fold_in(PRNGKey(seed), t)",
-                "philox": "iclgd.backends.numba_philox: Philox4x32-10, key (seed, t) mod 2^32, counter (block, task, (seed, t) div 2^32)"}
+                "philox": ("iclgd.backends.numba_philox v2: Philox4x32-10, key (seed, t) mod 2^32, counter (block, task, "
+                           "(seed, t) div 2^32), Box-Muller by the kernel's series")}  # = numba_philox.STREAM (tested)
 
 _BATCH, _INIT, _POOL, _SGLD = 0, 1, 2, 3  # spawn keys of the training streams, the task pool and SGLD chains
 

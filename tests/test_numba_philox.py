@@ -125,13 +125,13 @@ def test_a_task_is_the_documented_function_of_its_blocks(dtype, bits):
 
 # --- the kernel's own ln, cos and sin (Box-Muller without libm) ----------------------------------------
 
-@numba.njit
+@numba.njit(fastmath=numba_lanes.FAST, error_model="numpy")  # as the kernel compiles them
 def _log_units(u, out):
     for i in range(u.size):
         out[i] = numba_lanes._log_unit(u[i])
 
 
-@numba.njit
+@numba.njit(fastmath=numba_lanes.FAST, error_model="numpy")
 def _cos_sin_turns(u, cos_out, sin_out):
     for i in range(u.size):
         cos_out[i] = numba_lanes._cos_turn(u[i], 0)
@@ -344,6 +344,25 @@ def test_bad_gradient_arguments_are_refused_naming_the_argument():
         philox_sampled_grad(object(), params, 0, 0, 8, 4, 1.0)
     with pytest.raises(ValueError, match="w_q"):
         philox_sampled_grad(cfg, {k: v for k, v in params.items() if not k.endswith("w_q")}, 0, 0, 8, 4, 1.0)
+
+
+def test_the_gradient_function_refuses_params_that_are_not_arrays_in_the_configs_dtype():
+    cfg = iclgd.LSAConfig(d=3, dtype="float32")
+    params = random_params(cfg, 0, 0.1)  # float64 arrays
+    with pytest.raises(ValueError, match="cfg.dtype = float32"):
+        numba_philox.philox_gradient(cfg, params, 0, 8, 4, 1.0)
+    as_lists = {name: value.astype(np.float32).tolist() for name, value in params.items()}
+    with pytest.raises(ValueError, match="NumPy arrays"):
+        numba_philox.philox_gradient(cfg, as_lists, 0, 8, 4, 1.0)
+
+
+def test_a_context_too_long_for_the_kernels_scratch_is_refused_naming_n_context():
+    cfg = iclgd.LSAConfig(d=3)
+    params = module_of(cfg).check_params(cfg, random_params(cfg, 0, 0.1))
+    with pytest.raises(ValueError, match="n_context = 200000000"):
+        philox_sampled_grad(cfg, params, 0, 0, 8, 200_000_000, 1.0)
+    with pytest.raises(ValueError, match="n_context = 200000000"):
+        philox_task_batch(0, 0, 1, 200_000_000, 3, 1.0)
 
 
 @pytest.mark.parametrize("counters, keys, message", [

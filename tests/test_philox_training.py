@@ -9,6 +9,7 @@ numba = pytest.importorskip("numba")
 
 from iclgd.backends import get_backend  # noqa: E402
 from iclgd.backends.numba_backend import set_threads  # noqa: E402
+from iclgd.backends import numba_philox  # noqa: E402
 from iclgd.backends.numba_philox import philox_sampled_grad  # noqa: E402
 from iclgd.backends.training import HostTrainer, initial_state  # noqa: E402
 from iclgd.config import RunConfig, TrainConfig  # noqa: E402
@@ -42,6 +43,7 @@ def test_philox_is_refused_for_tasks_its_stream_does_not_draw(task):
 
 def test_the_checkpoints_name_the_philox_stream():
     assert "Philox4x32-10" in DATA_STREAMS["philox"]
+    assert DATA_STREAMS["philox"] == numba_philox.STREAM  # the checkpoint's name is the module's
 
 
 def test_each_step_is_the_philox_batch_of_its_step_number():

@@ -245,7 +245,7 @@ def loss_and_grad_on_philox(cfg: LSAConfig, params: dict, seed: int, step: int, 
     (0 <= seed, step < 2^64)."""
     p, r, slots, prefixes = _products(cfg, params)
     no_tokens, no_targets = np.zeros((0, n_context + 1, cfg.d), p.dtype), np.zeros(0, p.dtype)
-    stream = np.array([seed, step, 0, 0, 0], np.uint64)
+    stream = np.array([seed, step, 0, 0, 0], np.uint64)  # (seed, step, -, -, a zero); the kernel's span is x_scale here
     yhat, d_p, d_r, _, _, targets = _kernel(no_tokens, np.zeros((batch_size, 0)), no_targets, LOAD_PHILOX, stream,
                                             0.0, x_scale, cfg.include_query, p, r, slots, MODE_GRAD)
     return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)

@@ -71,7 +71,7 @@ Why this shape of code (numba 0.68, LLVM, AMD Zen 4):
   ``forward``, the fused sampled training passes of both streams) and both dtypes (tokens
   come in the weights' dtype, draws in float64, rounded on load), so there are two compiled
   specialisations (float32, float64) in all (cold compilation: ``python -m
-  iclgd.backends.numba_warmup`` with an empty NUMBA_CACHE_DIR, README "numba threads").
+  iclgd.backends.numba_warmup`` with an empty NUMBA_CACHE_DIR, README "Backends and speed").
 """
 from __future__ import annotations
 
@@ -493,7 +493,7 @@ def _log_unit(u):
         ln u = e ln 2 + 2 atanh s = e ln 2 + 2 s (1 + s^2/3 + s^4/5 + ... + s^20/21),
 
     truncated where the next term is below 1e-18 of the sum; within a few units in the last
-    place (ln 2 split in two so that e ln 2 is exact to the last bit)."""
+    place (ln 2 split in two, hi with 21 zero low bits, so that e ln2_hi is exact)."""
     bits = _float_bits(u)
     e = np.int64(bits >> _FIFTY_TWO) - 1023
     f = _bits_float((bits & _MANTISSA) | _EXPONENT_OF_ONE)  # in [1, 2)

@@ -46,10 +46,13 @@ gives one pair (two normals), a float32 block two pairs (four).  The arithmetic 
 integer part is in float64, rounded once to the dtype; ln, cos and sin are not libm's but
 series of the kernel's own (numba_lanes ``_log_unit``, ``_cos_turn``: ln u by 2 atanh after
 taking out u's power of two; cos and sin of 2 pi U after an exact reduction of U to
-[-1/8, 1/8] turn), within a few units in the last place of float64 (tests measure 2 and 1),
+[-1/8, 1/8] turn), within a few units in the last place of float64 (2 in the tests; 1 measured for cos and sin),
 so that the loop over tasks is vectorised (a libm call per lane is not).  Results are
 bit-for-bit the same for any thread count and chunking; across machines they may differ in
-the last bit where the compiler fuses multiply-adds differently.
+the last bit where the compiler fuses multiply-adds differently.  (This is the stream's second
+version, "v2" in ``STREAM``: the first took ln, cos and sin from libm, so its float64 weights
+differ from these in the last bits; its float32 weights and all inputs are the same.  A
+checkpoint of the first is refused on resume, by its stream name.)
 
 Entry points:
     philox4x32_10(counters, keys)                      -> the generator's blocks
@@ -78,12 +81,15 @@ from numba import njit, prange
 from iclgd import limits
 from iclgd._checks import finite_float, float_dtype, nonnegative_int, positive_int
 from iclgd.backends.numba_backend import loss_and_grad_on_philox
-from iclgd.backends.numba_lanes import PHILOX_MULTIPLIERS, PHILOX_ROUNDS, PHILOX_WEYL, philox_blocks, philox_task_fill
+from iclgd.backends.numba_lanes import (
+    LANES, PHILOX_MULTIPLIERS, PHILOX_ROUNDS, PHILOX_WEYL, philox_blocks, philox_task_fill,
+)
 from iclgd.models.families import module_of
 from iclgd.models.lsa import LSAConfig
 
 #: The stream's name, as a checkpoint would record it (its state is (seed, t)).
-STREAM = "iclgd.backends.numba_philox: Philox4x32-10, key (seed, t) mod 2^32, counter (block, task, (seed, t) div 2^32)"
+STREAM = ("iclgd.backends.numba_philox v2: Philox4x32-10, key (seed, t) mod 2^32, counter (block, task, (seed, t) div 2^32), "
+          "Box-Muller by the kernel's series")
 
 ROUNDS, MULTIPLIERS, WEYL = PHILOX_ROUNDS, PHILOX_MULTIPLIERS, PHILOX_WEYL
 
@@ -127,6 +133,14 @@ def _check_blocks(n_context: int, d: int) -> None:
                          f"(N = {n_context}, d = {d})")
 
 
+def _scratch_bytes(n_context: int, d: int, n_layers: int, n_heads: int, itemsize: int) -> int:
+    """Upper estimate of the lane kernel's scratch: per thread and lane, the tokens (N + 1) x D
+    and at most 4 K H + 3 K + 6 D x D matrices and 16 vectors (numba_lanes._lane_pass)."""
+    dim = d + 1
+    per_lane = (n_context + 1) * dim + (4 * n_layers * n_heads + 3 * n_layers + 6) * dim * dim + 16 * dim
+    return numba.config.NUMBA_NUM_THREADS * LANES * per_lane * itemsize
+
+
 def philox_task_batch(seed: int, step: int, batch_size: int, n_context: int, d: int, x_scale: float,
                       dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
     """Batch ``step`` of the Philox stream of ``seed``: weights (B, d) ~ N(0, I_d) and inputs
@@ -137,7 +151,7 @@ def philox_task_batch(seed: int, step: int, batch_size: int, n_context: int, d: 
     dtype = float_dtype("dtype", dtype)
     _check_blocks(n_context, d)
     limits.check_bytes(f"batch_size = {batch_size} (with n_context = {n_context}, d = {d})",
-                       batch_size * (n_context + 2) * d * dtype.itemsize,
+                       batch_size * (n_context + 2) * d * dtype.itemsize + _scratch_bytes(n_context, d, 0, 0, dtype.itemsize),
                        f"drawing {batch_size} tasks of d = {d} weights and (N + 1) x d = {n_context + 1} x {d} inputs")
     weights = np.empty((batch_size, d), dtype)
     inputs = np.empty((batch_size, n_context + 1, d), dtype)
@@ -201,13 +215,19 @@ def philox_gradient(cfg: LSAConfig, params: dict, seed: int, batch_size: int, n_
     if cfg.n_context is not None and cfg.n_context != n_context:
         raise ValueError(f"n_context must match cfg.n_context = {cfg.n_context}; got {n_context}")
     module_of(cfg).check_params(cfg, params)
-    wrong = sorted(name for name, value in params.items() if np.asarray(value).dtype != np.dtype(cfg.dtype))
+    wrong = sorted(name for name, value in params.items()
+                   if not (isinstance(value, np.ndarray) and value.dtype == np.dtype(cfg.dtype)))
     if wrong:
-        raise ValueError(f"params must be in cfg.dtype = {cfg.dtype}; got {params[wrong[0]].dtype} for {wrong}")
+        given = params[wrong[0]]
+        kind = given.dtype if isinstance(given, np.ndarray) else type(given).__name__
+        raise ValueError(f"params must be NumPy arrays in cfg.dtype = {cfg.dtype} (a training loop's own); "
+                         f"got {kind} for {wrong}")
     seed, _, batch_size, n_context, x_scale = _stream_args(seed, 0, batch_size, n_context, x_scale)
     _check_blocks(n_context, cfg.d)
-    limits.check_bytes(f"batch_size = {batch_size}", 3 * batch_size * np.dtype(cfg.dtype).itemsize,
-                       f"the predictions, targets and errors of {batch_size} tasks")
+    itemsize = np.dtype(cfg.dtype).itemsize
+    limits.check_bytes(f"batch_size = {batch_size} (with n_context = {n_context}, d = {cfg.d})",
+                       3 * batch_size * itemsize + _scratch_bytes(n_context, cfg.d, cfg.n_layers, cfg.n_heads, itemsize),
+                       f"the predictions, targets and errors of {batch_size} tasks and the kernel's scratch")
     seed = int(seed)
 
     def gradient(params: dict, step: int) -> tuple[float, dict[str, np.ndarray]]:
