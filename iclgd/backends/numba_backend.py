@@ -211,15 +211,10 @@ class NumbaBackend(Backend):
         if (task.noise_std > 0 or task.n_distractors > 0 or task.dtype != "float64" or not uniform
                 or type(rng.bit_generator) is not np.random.PCG64):
             return super()._sample_loss_and_grad(cfg, task, params, batch_size, rng)
-        p, r, slots, prefixes = _products(cfg, params)
         n_tokens = task.n_context + 1
         weights = task.w_scale * rng.standard_normal((batch_size, task.d))  # draw_weights_and_inputs' first draw
         stream = _pcg64_stream(rng, batch_size * n_tokens * task.d)  # and its second, uniform(-a, a)
-        low, high = -task.x_scale, task.x_scale
-        no_tokens, no_targets = np.zeros((0, n_tokens, task.d), p.dtype), np.zeros(0, p.dtype)  # the dtype of the weights
-        yhat, d_p, d_r, _, _, targets = _kernel(no_tokens, weights, no_targets, LOAD_PCG64, stream,
-                                                low, high - low, cfg.include_query, p, r, slots, MODE_GRAD)
-        return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
+        return _loss_and_grad_on_draws(cfg, params, n_tokens, weights, LOAD_PCG64, stream, -task.x_scale, 2 * task.x_scale)
 
 
 def run_on_tokens(cfg: LSAConfig, params: dict, tokens: np.ndarray, targets: np.ndarray, mode: int):
@@ -243,11 +238,19 @@ def loss_and_grad_on_philox(cfg: LSAConfig, params: dict, seed: int, step: int, 
     """(half-MSE loss, gradient like params) on batch ``step`` of the Philox stream of ``seed``
     (iclgd.backends.numba_philox), drawn inside the kernel; arguments already checked
     (0 <= seed, step < 2^64)."""
-    p, r, slots, prefixes = _products(cfg, params)
-    no_tokens, no_targets = np.zeros((0, n_context + 1, cfg.d), p.dtype), np.zeros(0, p.dtype)
     stream = np.array([seed, step, 0, 0, 0], np.uint64)  # (seed, step, -, -, a zero); the kernel's span is x_scale here
-    yhat, d_p, d_r, _, _, targets = _kernel(no_tokens, np.zeros((batch_size, 0)), no_targets, LOAD_PHILOX, stream,
-                                            0.0, x_scale, cfg.include_query, p, r, slots, MODE_GRAD)
+    return _loss_and_grad_on_draws(cfg, params, n_context + 1, np.zeros((batch_size, 0)), LOAD_PHILOX, stream, 0.0, x_scale)
+
+
+def _loss_and_grad_on_draws(cfg: LSAConfig, params: dict, n_tokens: int, weights: np.ndarray, load: int,
+                            stream: np.ndarray, low: float, span: float) -> tuple[float, dict]:
+    """(half-MSE loss, gradient like params) of the batch the kernel draws itself (``load``
+    LOAD_PCG64 or LOAD_PHILOX, with its stream, low and span; see numba_lanes._lane_pass):
+    weights (B, d) or (B, 0), the tasks of n_tokens rows, in the dtype of the params."""
+    p, r, slots, prefixes = _products(cfg, params)
+    no_tokens, no_targets = np.zeros((0, n_tokens, cfg.d), p.dtype), np.zeros(0, p.dtype)  # giving T and the dtype
+    yhat, d_p, d_r, _, _, targets = _kernel(no_tokens, weights, no_targets, load, stream, low, span, cfg.include_query,
+                                            p, r, slots, MODE_GRAD)
     return float(0.5 * np.mean((yhat - targets) ** 2)), _weight_grads(params, prefixes, d_p, d_r)
 
 

@@ -63,8 +63,8 @@ Why this shape of code (numba 0.68, LLVM, AMD Zen 4):
   int flags of ``_plan``, and helpers with one exit and no tuple results built in branches).
 * ``error_model="numpy"`` on the kernel: numba's default model tests every float division for
   a zero denominator (to raise ZeroDivisionError), a branch that keeps LLVM from vectorising a
-  loop with a division in it (the Philox normals' ln: 0.6 against 4 ns a value, measured); no
-  division in the kernel has a zero denominator.
+  loop with a division in it (the Philox normals' ln); no division in the kernel has a zero
+  denominator.
 * No np.zeros or array expressions in the kernel: each would be a parallel loop of its own
   (a thread launch each); the caller allocates the outputs and adds the chunks.
 * One kernel serves every mode (predict, gradient, sensitivity, the layer maps of

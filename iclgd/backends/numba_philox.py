@@ -200,7 +200,7 @@ def philox_sampled_grad(cfg: LSAConfig, params: dict, seed: int, step: int, batc
     if not isinstance(cfg, LSAConfig):
         raise ValueError(f"cfg must be an iclgd.LSAConfig; got {type(cfg).__name__}")
     params = module_of(cfg).check_params(cfg, params)  # in cfg.dtype
-    step = int(_stream_args(seed, step, 1, 1, 1.0)[1])
+    step = nonnegative_int("step", step, maximum=_SEED_LIMIT - 1)
     return philox_gradient(cfg, params, seed, batch_size, n_context, x_scale)(params, step)
 
 
